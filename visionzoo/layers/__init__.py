@@ -1,0 +1,32 @@
+"""Building blocks shared by every visionzoo family.
+
+Every layer here is a serializable Keras layer (registered under the ``visionzoo``
+package), built from ``keras.ops`` only and numerically equal to the PyTorch module
+it replaces (explicit epsilons, exact GELU, torch-style padding and pooling).
+"""
+
+from visionzoo.layers.activations import GELU, SquaredReLU, StarReLU
+from visionzoo.layers.attention import MultiHeadSelfAttention
+from visionzoo.layers.conv import PaddedConv2D, PaddedDepthwiseConv2D
+from visionzoo.layers.downsample import ConvDownsample
+from visionzoo.layers.mlp import Mlp, MlpHead
+from visionzoo.layers.norms import GroupNorm1, LayerNorm
+from visionzoo.layers.pooling import AvgPool2DNoPadCount
+from visionzoo.layers.regularization import DropPath, Scale
+
+__all__ = [
+    "AvgPool2DNoPadCount",
+    "ConvDownsample",
+    "DropPath",
+    "GELU",
+    "GroupNorm1",
+    "LayerNorm",
+    "Mlp",
+    "MlpHead",
+    "MultiHeadSelfAttention",
+    "PaddedConv2D",
+    "PaddedDepthwiseConv2D",
+    "Scale",
+    "SquaredReLU",
+    "StarReLU",
+]
