@@ -436,6 +436,10 @@ VARIANTS = _variants()
 
 
 MODEL_CLASS = MetaFormer
+# CamelCase spellings for visionzoo.applications (name prefix -> class-style prefix).
+DISPLAY_NAMES = {"poolformer": "PoolFormer", "poolformerv2": "PoolFormerV2",
+                 "identityformer": "IdentityFormer", "randformer": "RandFormer",
+                 "convformer": "ConvFormer", "caformer": "CAFormer"}
 OFFICIAL_REPOS = ("sail-sg/poolformer", "sail-sg/metaformer")
 TIMM_NOTES = {name: (
     "timm's poolformer v1 pools before its final norm (LayerNorm on the pooled vector) "
