@@ -10,6 +10,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -102,6 +103,7 @@ def build_parser():
 
 
 def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TensorFlow's C++ logging
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -56,6 +56,9 @@ class PoolingMixer(keras.layers.Layer):
         self.pool = AvgPool2DNoPadCount(pool_size, strides=1, padding=pool_size // 2,
                                         name="pool")
 
+    def build(self, input_shape):
+        self.pool.build(input_shape)
+
     def call(self, x):
         return self.pool(x) - x
 
@@ -284,13 +287,13 @@ class MetaFormer(ZooBackbone):
         self.pyramid_outputs = pyramid
         self.depths = list(depths)
         self.dims = list(dims)
-        self.token_mixers = token_mixers
+        self.token_mixers = _as_list(token_mixers)
         self.block_norm = block_norm
         self.mlp_act = mlp_act
         self.mlp_bias = mlp_bias
         self.mlp_ratio = mlp_ratio
-        self.layer_scale_init_values = layer_scale_init_values
-        self.res_scale_init_values = res_scale_init_values
+        self.layer_scale_init_values = _as_list(layer_scale_init_values)
+        self.res_scale_init_values = _as_list(res_scale_init_values)
         self.stem_norm = stem_norm
         self.downsample_norm = downsample_norm
         self.head_style = head_style
@@ -316,6 +319,10 @@ class MetaFormer(ZooBackbone):
     def classifier_key(self):
         """Checkpoint-key prefix of the final classifier (skipped for other class counts)."""
         return "head.fc.fc2" if self.head_style == "mlp" else "head.fc"
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _per_stage(value, n):

@@ -1,0 +1,151 @@
+"""Shared layers: torch-exact numerics and serialisation round trips."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import keras
+
+from visionzoo import layers as L
+from visionzoo.backbones.metaformer import PoolingMixer, RandomMixing, SepConv
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def _roundtrip(layer, x):
+    """Config round trip; the clone with the same weights gives the same output."""
+    y = _np(layer(x))
+    config = keras.saving.serialize_keras_object(layer)
+    clone = keras.saving.deserialize_keras_object(config)
+    clone(x)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(_np(clone(x)), y, rtol=1e-6, atol=1e-6)
+    return y
+
+
+def test_layernorm_matches_torch_with_and_without_bias():
+    x = _rand(2, 5, 6, 8) * 3 + 2
+    for center in (True, False):
+        layer = L.LayerNorm(epsilon=1e-6, center=center)
+        layer.build(x.shape)
+        gamma = _rand(8, seed=1)
+        beta = _rand(8, seed=2)
+        layer.set_weights([gamma, beta] if center else [gamma])
+        y = _roundtrip(layer, x)
+        ref = F.layer_norm(torch.from_numpy(x), (8,), torch.from_numpy(gamma),
+                           torch.from_numpy(beta) if center else None, eps=1e-6)
+        np.testing.assert_allclose(y, ref.numpy(), atol=2e-5)
+
+
+def test_groupnorm1_matches_torch_groupnorm():
+    x = _rand(2, 5, 6, 8) * 2 + 1
+    layer = L.GroupNorm1(epsilon=1e-5)
+    layer.build(x.shape)
+    gamma, beta = _rand(8, seed=1), _rand(8, seed=2)
+    layer.set_weights([gamma, beta])
+    y = _roundtrip(layer, x)
+    ref = F.group_norm(torch.from_numpy(x).permute(0, 3, 1, 2), 1, torch.from_numpy(gamma),
+                       torch.from_numpy(beta), eps=1e-5).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(y, ref.numpy(), atol=2e-5)
+
+
+def test_activations_match_torch():
+    x = _rand(4, 7) * 3
+    t = torch.from_numpy(x)
+    np.testing.assert_allclose(_roundtrip(L.GELU(), x), F.gelu(t).numpy(), atol=1e-6)
+    np.testing.assert_allclose(_roundtrip(L.GELU(approximate=True), x),
+                               F.gelu(t, approximate="tanh").numpy(), atol=1e-5)
+    np.testing.assert_allclose(_roundtrip(L.SquaredReLU(), x), F.relu(t).pow(2).numpy(),
+                               atol=1e-6)
+    star = L.StarReLU(scale_value=0.8, bias_value=-0.3)
+    np.testing.assert_allclose(_roundtrip(star, x), (0.8 * F.relu(t) ** 2 - 0.3).numpy(),
+                               atol=1e-5)
+    assert [w.shape for w in star.weights] == [(1,), (1,)]
+
+
+@pytest.mark.parametrize("size", [(7, 9), (8, 8), (1, 3)])
+def test_avgpool_excludes_padding_like_torch(size):
+    x = _rand(2, *size, 4)
+    y = _roundtrip(L.AvgPool2DNoPadCount(3, strides=1, padding=1), x)
+    ref = F.avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), 3, 1, 1,
+                       count_include_pad=False).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("k,s,p,hw", [(7, 4, 2, (29, 31)), (3, 2, 1, (9, 10)), (3, 1, 1, (6, 5)),
+                                      (1, 1, 0, (4, 4))])
+def test_padded_conv_matches_torch(k, s, p, hw):
+    x = _rand(2, *hw, 3)
+    w = _rand(5, 3, k, k, seed=1)
+    b = _rand(5, seed=2)
+    layer = L.PaddedConv2D(5, k, strides=s, torch_padding=p)
+    layer.build(x.shape)
+    layer.set_weights([w.transpose(2, 3, 1, 0), b])
+    y = _roundtrip(layer, x)
+    ref = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(w),
+                   torch.from_numpy(b), stride=s, padding=p).permute(0, 2, 3, 1)
+    assert y.shape == tuple(ref.shape)
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-4)
+
+
+def test_padded_depthwise_conv_matches_torch():
+    x = _rand(2, 9, 11, 6)
+    w = _rand(6, 1, 7, 7, seed=1)
+    layer = L.PaddedDepthwiseConv2D(7, torch_padding=3, use_bias=False)
+    layer.build(x.shape)
+    layer.set_weights([w.transpose(2, 3, 0, 1)])
+    y = _roundtrip(layer, x)
+    ref = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(w),
+                   padding=3, groups=6).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-4)
+
+
+def test_attention_matches_torch_sdpa():
+    x = _rand(2, 4, 5, 64)
+    layer = L.MultiHeadSelfAttention(num_heads=2, head_dim=32)
+    layer.build(x.shape)
+    wqkv, wproj = _rand(192, 64, seed=1) / 8, _rand(64, 64, seed=2) / 8
+    layer.set_weights([wqkv.T, wproj.T])
+    y = _roundtrip(layer, x)
+    t = torch.from_numpy(x).reshape(2, 20, 64)
+    qkv = (t @ torch.from_numpy(wqkv).T).reshape(2, 20, 3, 2, 32).permute(2, 0, 3, 1, 4)
+    o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(2, 20, 64)
+    ref = (o @ torch.from_numpy(wproj).T).reshape(2, 4, 5, 64)
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-5)
+
+
+def test_composite_layers_roundtrip():
+    x = _rand(2, 7, 7, 16)
+    _roundtrip(L.Mlp(32, activation="star_relu", use_bias=False), x)
+    _roundtrip(L.Mlp(32, activation="gelu", conv_form=True), x)
+    _roundtrip(L.MlpHead(10, 64), _rand(2, 16))
+    _roundtrip(L.ConvDownsample(8, 3, 2, 1, pre_norm={"type": "layernorm", "epsilon": 1e-6,
+                                                        "center": False}), x)
+    _roundtrip(L.Scale(0.5), x)
+    _roundtrip(PoolingMixer(3), x)
+    _roundtrip(SepConv(), x)
+    _roundtrip(RandomMixing(49), x)
+
+
+def test_drop_path_is_identity_at_inference_and_scales_in_training():
+    x = np.ones((512, 3), "float32")
+    layer = L.DropPath(0.25, seed=1)
+    np.testing.assert_array_equal(_np(layer(x, training=False)), x)
+    y = _np(layer(x, training=True))
+    kept = y[:, 0] > 0
+    assert 0.6 < kept.mean() < 0.9
+    np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        L.DropPath(1.0)
+
+
+def test_random_mixing_refuses_other_grids():
+    with pytest.raises(ValueError, match="196-token matrix"):
+        RandomMixing(196)(np.zeros((1, 7, 7, 4), "float32"))
