@@ -111,6 +111,8 @@ def to_keras_layout(array, var_shape, kind, is_kernel):
         if a.ndim != 4 or a.shape[1] != 1:
             return None
         c = a.shape[0]
+        if len(target) != 4 or c != target[2] * target[3]:
+            return None
         a = a.transpose(2, 3, 0, 1).reshape(a.shape[2], a.shape[3], target[2], c // target[2])
     elif is_kernel and kind == "dense":
         if a.ndim == 4 and a.shape[2:] == (1, 1):  # 1x1 conv weight into a Dense
@@ -169,6 +171,9 @@ def plan_assignments(model, state, key_map=(), layout="?", ignore=(), skip_prefi
         if name not in targets:
             unexpected.append((key, np.shape(value)))
             continue
+        if name in used:  # two checkpoint keys rename to one variable
+            unexpected.append((f"{key} (a second tensor for {name})", np.shape(value)))
+            continue
         variable, kind = targets[name]
         is_kernel = variable.path.split("/")[-1] in ("kernel", "depthwise_kernel")
         array = to_keras_layout(value, variable.shape, kind, is_kernel)
@@ -178,7 +183,8 @@ def plan_assignments(model, state, key_map=(), layout="?", ignore=(), skip_prefi
             continue
         plan.append((variable, array))
         used.add(name)
-    missing = [(n, torch_shape(v.shape, k, v.path.split("/")[-1] == "kernel"))
+    missing = [(n, torch_shape(v.shape, k,
+                               v.path.split("/")[-1] in ("kernel", "depthwise_kernel")))
                for n, (v, k) in targets.items()
                if n not in used and not under(n, allow_missing_prefixes)]
     if missing or unexpected or misshaped:

@@ -4,6 +4,12 @@ The cache is ``$VISIONZOO_CACHE`` or ``~/.cache/visionzoo``. A file is written t
 temporary name in the cache folder, its length and SHA-256 are checked, and only then
 is it renamed into place; on any error the temporary file is removed, so the cache
 never holds a partial or unverified file.
+
+The SHA-256 checked is, in order: the one the registry pins for the file, the one the
+server states (Hugging Face's ``X-Linked-ETag``), or, for files that have neither
+(GitHub release assets), the digest recorded beside the file on its first download
+(``<file>.sha256``, trust on first use, with a warning) against which every later use
+is checked.
 """
 
 import hashlib
@@ -12,6 +18,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 
 from tqdm.auto import tqdm
 
@@ -35,15 +42,34 @@ def sha256_of(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def _server_sha256(headers):
+def _server_sha256(headers, names=("X-Linked-ETag", "ETag")):
     """A SHA-256 the server states for the body (Hugging Face LFS: X-Linked-ETag)."""
-    for name in ("X-Linked-ETag", "ETag"):
-        value = (headers.get(name) or "").strip().strip('"')
+    for name in names:
+        value = (headers.get(name) or "").strip()
         if value.startswith("W/"):
             continue
+        value = value.strip('"')
         if len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()):
             return value.lower()
     return None
+
+
+class _DigestRecordingRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does and keeps the digests stated on the way.
+
+    Hugging Face answers ``/resolve/`` with a redirect to its CDN and states the
+    file's SHA-256 (``X-Linked-ETag``) on that redirect, not on the final response.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.digests = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        digest = _server_sha256(headers, names=("X-Linked-ETag",))
+        if digest:
+            self.digests.append(digest)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def download(url, sha256=None, filename=None, directory=None, progress=True, timeout=60):
@@ -65,16 +91,20 @@ def download(url, sha256=None, filename=None, directory=None, progress=True, tim
     os.makedirs(directory, exist_ok=True)
     filename = filename or os.path.basename(url.split("?")[0]) or "download"
     final = os.path.join(directory, filename)
+    sidecar = final + ".sha256"
     if os.path.exists(final):
-        if sha256 is None or sha256_of(final) == sha256.lower():
+        known = sha256 or _read_sidecar(sidecar)
+        if known is None or sha256_of(final) == known.lower():
             return final
         os.remove(final)  # stale or corrupted cache entry: fetch again
 
     fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=directory)
     try:
+        redirects = _DigestRecordingRedirectHandler()
         try:
-            response = urllib.request.urlopen(url, timeout=timeout)
+            response = urllib.request.build_opener(redirects).open(url, timeout=timeout)
         except urllib.error.HTTPError as e:
+            e.close()
             raise DownloadError(f"Downloading {url} failed: HTTP {e.code} {e.reason}.") from e
         except (urllib.error.URLError, OSError) as e:
             raise DownloadError(f"Downloading {url} failed: {e}.") from e
@@ -82,7 +112,10 @@ def download(url, sha256=None, filename=None, directory=None, progress=True, tim
             fd = None
             length = response.headers.get("Content-Length")
             expected_len = int(length) if length and length.isdigit() else None
-            server_hash = _server_sha256(response.headers)
+            # X-Linked-ETag on a redirect or the final response, else a SHA-256 ETag.
+            server_hash = (_server_sha256(response.headers, names=("X-Linked-ETag",))
+                           or (redirects.digests[-1] if redirects.digests else None)
+                           or _server_sha256(response.headers, names=("ETag",)))
             h = hashlib.sha256()
             received = 0
             bar = tqdm(total=expected_len, unit="B", unit_scale=True, desc=filename,
@@ -106,14 +139,36 @@ def download(url, sha256=None, filename=None, directory=None, progress=True, tim
         digest = h.hexdigest()
         wanted = (sha256 or server_hash or "").lower() or None
         if wanted is not None and digest != wanted:
+            source = "the expected" if sha256 else "the server-stated"
             raise DownloadError(
-                f"Downloaded {url} but its SHA-256 is {digest}, expected {wanted}; "
+                f"Downloaded {url} but its SHA-256 is {digest}, not {source} {wanted}; "
                 "the file was discarded.")
+        if wanted is None:
+            warnings.warn(
+                f"{url} has no published SHA-256 and the server stated none; its digest "
+                f"{digest} was recorded on this first download and every later use of the "
+                "cached file is checked against it.", stacklevel=2)
+        if sha256 is None:  # remember the digest so later uses of the cache are checked
+            with open(sidecar + ".part", "w") as f:
+                f.write(digest + "\n")
         os.replace(tmp, final)
+        if sha256 is None:
+            os.replace(sidecar + ".part", sidecar)
         return final
     except BaseException:
         if fd is not None:
             os.close(fd)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, sidecar + ".part"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
         raise
+
+
+def _read_sidecar(path):
+    """The digest recorded beside a cached file on its first download, if any."""
+    try:
+        with open(path) as f:
+            value = f.read().strip().lower()
+    except OSError:
+        return None
+    return value if len(value) == 64 else None

@@ -1,12 +1,13 @@
 """Checkpoint readers. None of them executes pickled code.
 
-- ``.safetensors``: the ``safetensors`` numpy reader.
+- ``.safetensors``: the ``safetensors`` numpy reader (bfloat16 widened to float32).
 - ``.npz``: ``numpy.load(allow_pickle=False)``.
 - ``.pth``/``.pt``/``.bin``/``.pth.tar``/``.ckpt``: ``torch.load(weights_only=True)``
   (PyTorch's restricted unpickler: tensors and plain containers only).
 """
 
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -48,7 +49,24 @@ def _unwrap(obj, path):
     return tensors
 
 
+def _error_detail(error):
+    """The first informative sentence of an exception (torch's are long)."""
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    match = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+    text = match.group(1) if match else message.strip()
+    text = text.strip().splitlines()[0].strip() if text.strip() else ""
+    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    return f"{type(error).__name__}: {sentence or 'no detail'}"
+
+
 def read_torch(path):
+    """Read a ``torch.save`` file with PyTorch's restricted (``weights_only``) unpickler.
+
+    Raises:
+        CheckpointReadError: the file is corrupted/truncated/not a torch file, or it
+            pickles Python objects other than tensors and plain containers (refused;
+            nothing in it is executed).
+    """
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -57,14 +75,17 @@ def read_torch(path):
             "or convert the checkpoint to .safetensors first.") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointReadError(f"{path}: not a readable PyTorch checkpoint ({e}).") from e
-    except Exception as e:  # torch raises UnpicklingError for unsafe content
-        if type(e).__name__ == "UnpicklingError":
+    except Exception as e:  # corrupted files surface as many exception types
+        if type(e).__name__ == "UnpicklingError" and "Unsupported global" in str(e):
             raise CheckpointReadError(
-                f"{path}: refused to unpickle it; it holds more than tensors and plain "
-                f"containers (weights_only=True): {str(e).splitlines()[0]}") from e
-        raise
+                f"{path}: refused to unpickle it; it holds Python objects other than "
+                "tensors and plain containers, and the safe loader (weights_only=True) "
+                f"executes no pickled code ({_error_detail(e)}). Re-save it as a "
+                "plain state dict (torch.save(model.state_dict(), ...)) or as "
+                ".safetensors.") from e
+        raise CheckpointReadError(
+            f"{path}: not a readable PyTorch checkpoint; the file is corrupted, truncated "
+            f"or not a torch.save file ({_error_detail(e)}).") from e
     return {k: np.asarray(_to_numpy(v), dtype=np.float32) if _is_float(v) else _to_numpy(v)
             for k, v in _unwrap(obj, path).items()}
 
@@ -74,11 +95,56 @@ def _is_float(value):
 
 
 def read_safetensors(path):
+    """Read a ``.safetensors`` file into numpy arrays (bfloat16 is widened to float32).
+
+    Raises:
+        CheckpointReadError: the file is corrupted or truncated.
+    """
     from safetensors.numpy import load_file
 
     try:
         return dict(load_file(path))
     except Exception as e:
+        if "bfloat16" in str(e):  # numpy has no bfloat16: decode those tensors ourselves
+            return _read_safetensors_widening(path)
+        raise CheckpointReadError(
+            f"{path}: not a readable safetensors file; it is corrupted or truncated "
+            f"({e}).") from e
+
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+              "BOOL": np.bool_}
+
+
+def _read_safetensors_widening(path):
+    """A small safetensors reader that widens BF16 tensors to float32."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + n])
+        body = memoryview(data)[8 + n:]
+        out = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            if not 0 <= start <= end <= len(body):
+                raise ValueError(f"tensor {name!r} lies outside the file")
+            raw = np.frombuffer(body[start:end], dtype=np.uint8)
+            if info["dtype"] == "BF16":
+                array = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+            elif info["dtype"] in _ST_DTYPES:
+                array = raw.view(np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<"))
+            else:
+                raise ValueError(f"tensor {name!r} has unsupported dtype {info['dtype']}")
+            out[name] = array.reshape(info["shape"]).copy()
+        return out
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error) as e:
         raise CheckpointReadError(f"{path}: not a readable safetensors file ({e}).") from e
 
 
