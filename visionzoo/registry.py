@@ -5,7 +5,6 @@ import difflib
 import fnmatch
 import importlib
 import os
-import warnings
 
 # Family modules; each defines VARIANTS, build(config, **kw), KEY_MAPS, detect_layout,
 # from_official_config and OFFICIAL_REPOS.
@@ -154,7 +153,7 @@ def _ext(url):
     return base.split(".", 1)[1] if "." in base else "bin"
 
 
-def create_model(name, *, weights=None, num_classes=1000, include_top=True, input_shape=None,
+def create_model(name, *, weights=None, num_classes=None, include_top=True, input_shape=None,
                  pooling=None, classifier_activation=None, features_only=False, **overrides):
     """Build a registered model, optionally with weights.
 
@@ -163,9 +162,10 @@ def create_model(name, *, weights=None, num_classes=1000, include_top=True, inpu
         weights: None, a weights tag of the model (``"in1k"``, ``"in21ft1k"``, ...;
             ``"imagenet"`` = ``"in1k"``), or a checkpoint path (official or timm layout,
             ``.pth/.pt/.bin/.safetensors/.npz/.weights.h5``).
-        num_classes: int. Classifier size. When it differs from the checkpoint's, the
-            classifier is left freshly initialised and a warning says so (timm's
-            behaviour); every other tensor must still match.
+        num_classes: int or None. Classifier size; None means the checkpoint's (1000
+            for ImageNet-1k tags, 21841 for ``in21k``; 1000 without weights). When it
+            differs from the checkpoint's, the classifier is left freshly initialised
+            and a warning says so (timm's behaviour); every other tensor must match.
         include_top: bool. Keep the classification head.
         input_shape: (H, W, C) or None. Default: dynamic H, W (fixed-size models: the
             default size).
@@ -189,18 +189,37 @@ def create_model(name, *, weights=None, num_classes=1000, include_top=True, inpu
             f"matrices are tied to that grid); got input_shape {tuple(input_shape)}.")
     if features_only:
         include_top = False
+    # Fetch before building: a failed download should not cost a model build.
+    path = fetch_weights(name, value) if kind == "tag" else value
     config = dict(v.config)
     config.update(overrides)
+    source = path
+    if num_classes is None:
+        num_classes = int(spec.get("num_classes", 1000))
+        if kind == "file" and not os.fspath(path).endswith(".weights.h5"):
+            source, found = _read_with_class_count(v.module, config, path)
+            num_classes = found or num_classes
     model = v.module.build(config, include_top=include_top, num_classes=num_classes,
                            pooling=pooling, classifier_activation=classifier_activation,
                            input_shape=tuple(input_shape), name=name)
-    if kind is not None:
+    if source is not None:
         from visionzoo.weights import load_checkpoint
 
-        path = fetch_weights(name, value) if kind == "tag" else value
-        load_checkpoint(model, path, on_class_mismatch="skip")
+        load_checkpoint(model, source, on_class_mismatch="skip")
     return model.features() if features_only else model
 
 
-def warn(message):
-    warnings.warn(message, stacklevel=3)
+def _read_with_class_count(module, config, path):
+    """Read a checkpoint file once; return it and its classifier's class count."""
+    from visionzoo.weights.convert import rename_keys
+    from visionzoo.weights.readers import read_checkpoint
+
+    state = read_checkpoint(path)
+    layout = module.detect_layout(state.keys())
+    if layout is None or not hasattr(module, "classifier_key"):
+        return state, None
+    target = module.classifier_key(config) + ".bias"
+    for key, new in rename_keys(state.keys(), module.KEY_MAPS[layout]).items():
+        if new == target:
+            return state, int(state[key].shape[0])
+    return state, None

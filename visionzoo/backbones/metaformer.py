@@ -318,7 +318,7 @@ class MetaFormer(ZooBackbone):
     @property
     def classifier_key(self):
         """Checkpoint-key prefix of the final classifier (skipped for other class counts)."""
-        return "head.fc.fc2" if self.head_style == "mlp" else "head.fc"
+        return classifier_key({"head_style": self.head_style})
 
 
 def _as_list(value):
@@ -458,6 +458,11 @@ TIMM_NOTES = {name: (
 def build(config, **kwargs):
     """Builder used by the registry: ``config`` is a VARIANTS entry's ``config``."""
     return MetaFormer(**config, **kwargs)
+
+
+def classifier_key(config):
+    """Canonical name of the final classifier layer for a model ``config``."""
+    return "head.fc.fc2" if config.get("head_style") == "mlp" else "head.fc"
 
 
 def timm_overrides(config):
