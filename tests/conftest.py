@@ -42,5 +42,9 @@ def requires_timm():
 def _seed():
     keras.utils.set_random_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_session_per_module():
     yield
     keras.backend.clear_session()

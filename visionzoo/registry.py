@@ -126,7 +126,7 @@ def _resolve_weights(v, weights):
             return "tag", text, v.weights[text]
         if text == "imagenet" and "in1k" in v.weights:
             return "tag", "in1k", v.weights["in1k"]
-        if os.path.exists(text):
+        if os.path.isfile(text):
             return "file", text, {}
         if os.sep in text or "." in os.path.basename(text):
             raise FileNotFoundError(f"No checkpoint file at {text!r}.")

@@ -14,6 +14,11 @@ class ZooBackbone(keras.Model):
     """
 
     def _make_input(self, input_shape, input_tensor, min_size=32):
+        """Return ``(model_inputs, x)``: the model's input(s) and the tensor to build on.
+
+        Like keras.applications, an ``input_tensor`` that is an intermediate Keras
+        tensor keeps the graph's original ``Input`` as the model input.
+        """
         if input_tensor is not None:
             if not isinstance(input_tensor, keras.KerasTensor):
                 input_tensor = keras.Input(tensor=input_tensor)
@@ -31,8 +36,10 @@ class ZooBackbone(keras.Model):
                     f"Input {side} {n} is below this model's minimum of {min_size} "
                     f"pixels (input_shape={input_shape}).")
         if input_tensor is not None:
-            return input_tensor
-        return keras.Input(shape=input_shape, name="images")
+            sources = keras.utils.get_source_inputs(input_tensor)
+            return (sources[0] if len(sources) == 1 else sources), input_tensor
+        x = keras.Input(shape=input_shape, name="images")
+        return x, x
 
     def _record_top_args(self, include_top, num_classes, pooling, classifier_activation,
                          input_shape):
