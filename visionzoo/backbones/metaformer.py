@@ -248,9 +248,9 @@ class MetaFormer(ZooBackbone):
         if head_style not in ("v1", "linear", "mlp"):
             raise ValueError(f"head_style must be 'v1', 'linear' or 'mlp', got {head_style!r}.")
 
-        inputs = self._make_input(input_shape, input_tensor, min_size=32)
+        inputs, x = self._make_input(input_shape, input_tensor, min_size=32)
         total = sum(depths)
-        x = ConvDownsample(dims[0], 7, 4, 2, post_norm=stem_norm, name="stem")(inputs)
+        x = ConvDownsample(dims[0], 7, 4, 2, post_norm=stem_norm, name="stem")(x)
         pyramid = {}
         block_index = 0
         for i, (depth, dim) in enumerate(zip(depths, dims)):
