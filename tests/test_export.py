@@ -1,0 +1,321 @@
+"""TFLite export: builtin ops only, parity in ai-edge-litert, quantisation, errors, CLI.
+
+Runs under every backend (``KERAS_BACKEND=jax|tensorflow|torch pytest``). Under JAX
+and torch each export goes through the TensorFlow-backend subprocess, so those runs
+cover fewer sub-families to stay quick.
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from visionzoo import export
+from visionzoo.backbones.metaformer import VARIANTS, MetaFormer
+from visionzoo.export import ExportError, ExportReport, to_tflite
+
+BACKEND = keras.backend.backend()
+IN_PROCESS = BACKEND == "tensorflow"
+
+# One registered variant per MetaFormer sub-family (its config minus depths/dims).
+SUBFAMILIES = {
+    "poolformer": "poolformer_s12",
+    "identityformer": "identityformer_s12",
+    "randformer": "randformer_s12",
+    "poolformerv2": "poolformerv2_s12",
+    "convformer": "convformer_s18",
+    "caformer": "caformer_s18",
+}
+# Under JAX/torch (subprocess conversion) only these run, to keep CI time down.
+SUBPROCESS_SUBSET = ("caformer", "randformer")
+NON_BUILTIN = ("CUSTOM", "DELEGATE")
+
+
+def mini(subfamily, seed=0):
+    """A 4-block, narrow MetaFormer of ``subfamily``; returns (model, side).
+
+    RandFormer's mixing matrices are tied to the grid, so it is built at 224x224;
+    the others keep dynamic H/W and are exported at 64x64.
+    """
+    keras.utils.set_random_seed(seed)
+    config = {k: v for k, v in VARIANTS[SUBFAMILIES[subfamily]]["config"].items()
+              if k not in ("depths", "dims")}
+    side = 224 if subfamily == "randformer" else 64
+    shape = (side, side, 3) if subfamily == "randformer" else (None, None, 3)
+    model = MetaFormer(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], num_classes=10,
+                       input_shape=shape, name=f"mini_{subfamily}", **config)
+    return model, side
+
+
+def images(n, side, seed):
+    """Image-like inputs: blocky low-frequency structure plus fine noise, so different
+    samples give clearly different logits (a constant output cannot look right)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((n, side // 8, side // 8, 3)).astype("float32")
+    coarse = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)
+    return coarse + 0.3 * rng.standard_normal((n, side, side, 3)).astype("float32")
+
+
+def runtime_ops(path):
+    """Op names as ai-edge-litert's interpreter sees them (no default delegate)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=str(path),
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    return {d["op_name"] for d in it._get_ops_details()}
+
+
+def run_file(path, x):
+    """Run the file through its signature runner on batch ``x``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    key, sig = next(iter(it.get_signature_list().items()))
+    out = it.get_signature_runner(key)(**{sig["inputs"][0]: x.astype("float32")})
+    assert len(out) == 1
+    return next(iter(out.values()))
+
+
+def keras_out(model, x):
+    if BACKEND == "jax":  # one jitted graph: much faster than op-by-op eager compiles
+        import jax
+
+        out = jax.jit(lambda tv, ntv, t: model.stateless_call(tv, ntv, t, training=False)[0])(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables], x)
+        return np.asarray(out)
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def assert_builtin_only(report, path):
+    ops = runtime_ops(path)
+    assert ops, "no ops listed"
+    bad = {o for o in ops | set(report.op_names)
+           if o in NON_BUILTIN or o.startswith("Flex") or not o.isupper()}
+    assert not bad, f"non-builtin ops: {bad}"
+    assert ops <= set(report.op_names)
+
+
+def n_params(model):
+    return sum(int(np.prod(w.shape)) for w in model.weights)
+
+
+# --------------------------------------------------------------------------------------
+# 1. fp32 parity per sub-family
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("subfamily", list(SUBFAMILIES))
+def test_fp32_parity_builtin_only(subfamily, tmp_path):
+    if not IN_PROCESS and subfamily not in SUBPROCESS_SUBSET:
+        pytest.skip(f"{BACKEND}: subprocess conversion, only {SUBPROCESS_SUBSET} run")
+    model, side = mini(subfamily)
+    path = tmp_path / f"{subfamily}.tflite"
+    tf_loaded_before = "tensorflow" in sys.modules
+    report = to_tflite(model, path, input_size=(side, side))
+    if not IN_PROCESS and not tf_loaded_before:
+        # The hand-off must not pull TensorFlow into a JAX/torch process.
+        assert "tensorflow" not in sys.modules
+
+    assert isinstance(report, ExportReport)
+    assert path.is_file() and report.size_bytes == path.stat().st_size > 0
+    assert report.quantize is None
+    assert report.input_shape == (None, side, side, 3)  # batch stays dynamic
+    assert report.max_abs_diff <= 1e-3 * report.ref_max_abs, report.summary()
+    assert report.ref_max_abs > 0
+    assert_builtin_only(report, path)
+    assert "max |tflite - keras|" in report.summary()
+    assert [f for f in os.listdir(tmp_path)] == [path.name]  # no temp files left
+
+    # Independent run at another batch size (exercises the dynamic batch dimension).
+    x = images(3, side, seed=7)
+    ref = keras_out(model, x)
+    got = run_file(path, x)
+    assert got.shape == ref.shape == (3, 10)
+    assert np.max(np.abs(got - ref)) <= 1e-3 * np.max(np.abs(ref))
+
+
+# --------------------------------------------------------------------------------------
+# 2. Quantised exports
+# --------------------------------------------------------------------------------------
+
+
+def test_fp16_export(tmp_path):
+    model, side = mini("caformer")
+    path = tmp_path / "m_fp16.tflite"
+    report = to_tflite(model, path, quantize="fp16", input_size=(side, side))
+    assert report.quantize == "fp16"
+    assert_builtin_only(report, path)
+    assert "DEQUANTIZE" in report.op_names  # fp16 weights expanded at load time
+    # float16 weights: well under the 4 bytes/parameter of an fp32 file.
+    assert report.size_bytes < 0.7 * 4 * n_params(model)
+    assert report.max_abs_diff <= 2e-2 * report.ref_max_abs, report.summary()
+
+
+def test_int8_export_close_to_float(tmp_path):
+    model, side = mini("caformer")
+    path = tmp_path / "m_int8.tflite"
+    calib = images(16, side, seed=1)
+    report = to_tflite(model, path, quantize="int8", input_size=(side, side),
+                       representative_data=lambda: (calib[i:i + 4] for i in range(0, 16, 4)))
+    assert report.quantize == "int8"
+    assert_builtin_only(report, path)
+    assert {"QUANTIZE", "DEQUANTIZE"} <= set(report.op_names)
+    assert report.int8_ops > report.num_ops // 3, report.summary()
+    assert report.size_bytes < 0.5 * 4 * n_params(model)  # int8 weights
+
+    # Held-out samples: the int8 file must follow the float model sample by sample.
+    x = images(8, side, seed=2)
+    ref = keras_out(model, x)
+    got = run_file(path, x)
+    assert np.max(np.abs(got - ref)) <= 0.3 * np.max(np.abs(ref))
+    # Correlation of the per-sample deviations from the batch mean: a file that
+    # ignored its input (or scrambled classes) would score near 0.
+    rc, gc = ref - ref.mean(0), got - got.mean(0)
+    assert np.std(rc) > 0.1 * np.mean(np.abs(ref))  # samples really differ
+    corr = float((rc * gc).sum() / np.sqrt((rc ** 2).sum() * (gc ** 2).sum()))
+    assert corr >= 0.9, corr
+
+
+class StaticBatchFlatten(keras.layers.Layer):
+    """Flattens with the *static* batch size, so it cannot trace with a dynamic batch."""
+
+    def call(self, x):
+        return keras.ops.reshape(x, (x.shape[0], -1))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+
+@pytest.mark.skipif(not IN_PROCESS, reason="test-only layer; the subprocess cannot load it")
+def test_batch_one_fallback(tmp_path):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, strides=4, name="conv")(inputs)
+    x = StaticBatchFlatten(name="flatten")(x)
+    model = keras.Model(inputs, keras.layers.Dense(5, name="fc")(x))
+    path = tmp_path / "m.tflite"
+    report = to_tflite(model, path)  # static model: no input_size needed
+    assert report.input_shape == (1, 32, 32, 3)
+    assert "fixed batch" in report.summary()
+    assert report.max_abs_diff <= 1e-3 * report.ref_max_abs  # checked sample by sample
+
+
+@pytest.mark.skipif(not IN_PROCESS, reason="one more conversion; the logic is backend-free")
+def test_multi_output_features_model(tmp_path):
+    model, side = mini("convformer")
+    features = model.features()  # dict P2..P5, dynamic H/W, not a ZooBackbone
+    report = to_tflite(features, tmp_path / "f.tflite", input_size=(side, side))
+    assert report.input_shape == (None, side, side, 3)
+    assert report.max_abs_diff <= 1e-3 * report.ref_max_abs, report.summary()
+
+
+def test_handoff_files_for_zoo_models(tmp_path):
+    """visionzoo models go to the subprocess as config JSON + weights (no Keras
+    serialisation, which would import TensorFlow here); the round trip is exact."""
+    model, side = mini("caformer")
+    path = export._save_for_subprocess(model, str(tmp_path))
+    assert path.endswith("model.json")
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "weights.npz"]
+    rebuilt = export._load_in_subprocess(path)  # same loader, in this backend
+    x = images(2, side, seed=3)
+    np.testing.assert_allclose(keras_out(rebuilt, x), keras_out(model, x), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# 3. Errors and atomic output
+# --------------------------------------------------------------------------------------
+
+
+def test_dynamic_size_without_input_size_raises(tmp_path):
+    model, _ = mini("poolformerv2")
+    with pytest.raises(ValueError, match=r"dynamic.*input_size"):
+        to_tflite(model, tmp_path / "m.tflite")
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_arguments_raise(tmp_path):
+    model, side = mini("poolformerv2")
+    with pytest.raises(ValueError, match="quantize"):
+        to_tflite(model, tmp_path / "m.tflite", quantize="int4", input_size=(side, side))
+    with pytest.raises(ValueError, match="representative_data"):
+        to_tflite(model, tmp_path / "m.tflite", quantize="int8", input_size=(side, side))
+    with pytest.raises(ValueError, match="representative_data"):
+        to_tflite(model, tmp_path / "m.tflite", quantize="int8", input_size=(side, side),
+                  representative_data=np.zeros((2, 32, 32, 3), "float32"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_non_builtin_op_fails_cleanly(tmp_path):
+    """A graph needing a Flex op (erf) fails conversion with the op's name; the file
+    already at the target path is left as it was and no temporary file remains."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    # __import__ keeps the lambda self-contained when it is deserialised in the
+    # TensorFlow-backend subprocess (JAX/torch runs).
+    x = keras.layers.Lambda(lambda t: __import__("keras").ops.erf(t),
+                            output_shape=(30, 30, 4), name="erf")(x)
+    model = keras.Model(inputs, x)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"previous export")
+    with pytest.raises(ExportError, match="Erf"):
+        to_tflite(model, path)
+    assert path.read_bytes() == b"previous export"
+    assert os.listdir(tmp_path) == ["m.tflite"]
+
+
+def test_failure_after_partial_write_leaves_nothing(tmp_path, monkeypatch):
+    def half_written(model, in_shape, quantize, representative, out_path):
+        with open(out_path, "wb") as f:
+            f.write(b"TFL3 half a model")
+        raise RuntimeError("converter died")
+
+    monkeypatch.setattr(export, "_convert", half_written)
+    model, side = mini("poolformerv2")
+    with pytest.raises(RuntimeError, match="converter died"):
+        to_tflite(model, tmp_path / "out" / "m.tflite", input_size=(side, side))
+    assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.skipif(not IN_PROCESS, reason="one more conversion; the logic is backend-free")
+def test_parity_failure_removes_file(tmp_path, monkeypatch):
+    real_run = export._run_tflite
+    monkeypatch.setattr(export, "_run_tflite",
+                        lambda path, x: [o + 1.0 for o in real_run(path, x)])
+    model, side = mini("identityformer")
+    with pytest.raises(ExportError, match="fp32 TFLite output differs"):
+        to_tflite(model, tmp_path / "m.tflite", input_size=(side, side))
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------
+# 4. Command line
+# --------------------------------------------------------------------------------------
+
+
+def test_cli_export_writes_file(tmp_path, monkeypatch, capsys):
+    from visionzoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "poolformerv2_s12", "--input-size", "64", "64",
+                 "--num-classes", "10"]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "poolformerv2_s12.tflite"  # default name
+    assert path.is_file() and path.stat().st_size > 1_000_000
+    assert "max |tflite - keras|" in out and "CONV_2D" in out and "Bx64x64x3" in out
+    assert os.listdir(tmp_path) == [path.name]
+
+
+@pytest.mark.skipif(not IN_PROCESS, reason="one more conversion; covered on tensorflow")
+def test_cli_int8_warns_and_writes(tmp_path, capsys):
+    from visionzoo.cli import main
+
+    out_path = tmp_path / "q.tflite"
+    assert main(["export", "poolformerv2_s12", "--input-size", "64", "64",
+                 "--num-classes", "10", "--quantize", "int8", "--out", str(out_path)]) == 0
+    captured = capsys.readouterr()
+    assert "random images" in captured.err and "real" in captured.err
+    assert out_path.is_file()
+    assert "int8 ops:" in captured.out
