@@ -1,0 +1,67 @@
+"""The digits demo pipeline, shortened: train a few epochs, export fp32 and int8
+TFLite, run both, check that the figures hang together.
+
+The full-length run (``visionzoo demo``, >= 95 % test accuracy) takes minutes and is
+not part of the test suite.
+"""
+
+import json
+import os
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("ai_edge_litert")
+
+from visionzoo.training import demo as demo_module  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    results = demo_module.demo(out=str(out), seed=0, verbose=0, quick=True)
+    return out, results
+
+
+def test_outputs_written(quick_run):
+    out, results = quick_run
+    for name in ("digits_metaformer.keras", "digits_fp32.tflite", "digits_int8.tflite",
+                 "results.json"):
+        assert (out / name).is_file(), name
+    if results["picture"] is not None:
+        assert (out / "predictions.png").stat().st_size > 0
+    with open(out / "results.json") as f:
+        saved = json.load(f)
+    assert saved["keras"]["test_accuracy"] == pytest.approx(results["keras"]["test_accuracy"])
+    assert saved["epochs"] == demo_module.QUICK_EPOCHS
+    assert saved["data"] == {"train": 1293, "val": 144, "test": 360}
+
+
+def test_figures_consistent(quick_run):
+    out, results = quick_run
+    keras_acc = results["keras"]["test_accuracy"]
+    assert keras_acc > 0.5, "a few epochs should be far above chance (10 %)"
+    assert results["model"]["params"] > 0
+    tflite = results["tflite"]
+    assert "error" not in tflite, tflite.get("error")
+    for mode in ("fp32", "int8"):
+        entry = tflite[mode]
+        assert entry["size_bytes"] == os.path.getsize(entry["path"])
+        assert abs(entry["test_accuracy"] - keras_acc) <= 0.01 + 1e-9, (mode, entry,
+                                                                       keras_acc)
+        assert entry["latency_ms"]["1_thread"] > 0
+    assert tflite["fp32"]["agreement_with_keras"] >= 0.99
+    assert tflite["int8"]["size_bytes"] < 0.5 * tflite["fp32"]["size_bytes"]
+    assert all(results["checks"][k] for k in ("export", "fp32_within_1pt", "int8_within_1pt"))
+
+
+def test_tflite_predict_quantised_io(tmp_path):
+    """The int8-I/O path of the TFLite helpers: (de)quantisation round trip."""
+    import numpy as np
+
+    detail = {"dtype": np.int8, "quantization": (0.05, -3)}
+    x = np.array([[-1.0, 0.0, 0.5, 100.0]], "float32")
+    q = demo_module._to_input_dtype(x, detail)
+    assert q.dtype == np.int8 and q.tolist() == [[-23, -3, 7, 127]]
+    back = demo_module._from_output_dtype(q, detail)
+    assert np.allclose(back[0, :3], x[0, :3], atol=0.025)
