@@ -757,7 +757,7 @@ def _run_tflite(path, x):
         keys = sorted(out, key=lambda k: (len(k), k))  # output_0, ..., output_10
         return [np.asarray(out[k], dtype="float32") for k in keys]
     # Files without a signature (not written by this module).
-    interpreter.resize_input_tensor(inp["index"], x.shape)
+    interpreter.resize_tensor_input(inp["index"], x.shape)
     interpreter.allocate_tensors()
     interpreter.set_tensor(inp["index"], x)
     interpreter.invoke()
