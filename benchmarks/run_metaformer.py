@@ -3,6 +3,7 @@
     python benchmarks/run_metaformer.py                    # batch 8, 224 px, vs timm
     python benchmarks/run_metaformer.py --batches 8 1      # also batch 1
     python benchmarks/run_metaformer.py --models caformer_s18 --backends jax
+    python benchmarks/run_metaformer.py --from-csv benchmarks/results/metaformer_<date>.csv
 
 Times the smallest variant of each MetaFormer sub-family with ``visionzoo.bench``
 (see its docstring for how each backend and timm are timed) in one child process per
@@ -18,6 +19,7 @@ over the runs that timed it) and the best ratio = best of our backends / timm ea
 """
 
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -95,12 +97,36 @@ def markdown(rows, backends):
         f"weights, {r0['size']} px; median of {r0['repeats']} timed calls after warm-up. "
         f"keras {r0['keras']}, torch {r0['torch']}, timm {r0['timm']}, "
         f"python {r0['python']}; {r0['date'][:10]}. "
-        + (f"1-min load average during the runs: {min(loads):.2f}–{max(loads):.2f}. "
+        + (f"1-min load average during the runs (the benchmark's own threads included): "
+           f"{min(loads):.2f}–{max(loads):.2f}. "
            if loads else "")
+        + (f"**The machine was shared (load up to {max(loads):.1f} on {r0['cores']} CPUs): "
+           "torch-side numbers (timm and the torch backend) collapse under CPU "
+           "contention, so treat them as lower bounds.** "
+           if loads and r0["cores"] and max(loads) > r0["cores"] + 0.5 else "")
         + "Best ratio = fastest backend / timm eager (> 1: visionzoo is faster); "
           "— = timm has no equivalent model; n/a = not measured.",
     ]
     return "\n".join(lines)
+
+
+_NUMERIC = ("batch", "size", "repeats", "threads", "cores", "ours_ips", "timm_eager_ips",
+            "load1")
+
+
+def rows_from_csv(path):
+    """Rows of a results CSV, the latest per (model, backend, batch), numbers parsed."""
+    latest = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key in _NUMERIC:
+                text = row.get(key)
+                row[key] = None if text in (None, "") else float(text)
+                if key in ("batch", "size", "repeats", "threads", "cores") and row[key]:
+                    row[key] = int(row[key])
+            row["timm_model"] = row.get("timm_model") or None
+            latest[(row["model"], row["backend"], row["batch"])] = row
+    return list(latest.values())
 
 
 def main(argv=None):
@@ -118,11 +144,19 @@ def main(argv=None):
                    help="also time torch.compile of timm (minutes per model)")
     p.add_argument("--csv", default=None,
                    help="default: benchmarks/results/metaformer_<date>.csv")
+    p.add_argument("--from-csv", default=None, metavar="CSV",
+                   help="only print the table from an existing results CSV (the latest "
+                        "row per model, backend and batch)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return _worker(args)
+    if args.from_csv:
+        rows = rows_from_csv(args.from_csv)
+        present = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
+        print(markdown(rows, present))
+        return 0
 
     date = datetime.date.today().isoformat()
     csv_path = args.csv or os.path.join(HERE, "results", f"metaformer_{date}.csv")

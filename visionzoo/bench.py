@@ -35,7 +35,10 @@ started yet, and not to JAX. The count actually in use is reported in ``threads`
 Each timed call gives ``batch / seconds`` images/s; a row reports the median and the
 25th/75th percentiles of those ``repeats`` values. Nothing here asserts a speed.
 Numbers from a shared machine are only as good as its load: every row records the
-1-minute load average seen when its measurement started.
+1-minute load average seen when its measurement started (it includes this benchmark's
+own threads, so about one per CPU is expected). Under contention torch's thread pool
+(timm and the torch backend) degrades far more than TensorFlow's or XLA's: a wide
+p25-p75 spread is the sign.
 """
 
 import argparse
@@ -391,6 +394,12 @@ def format_table(rows):
             + f"torch {r0['torch']}, timm {r0['timm']}",
             f"date: {r0['date']}; ours timed with {r0['method']}",
             "img/s = median over timed calls [p25-p75]; ratio = ours / timm"]
+    loads = [r["load1"] for r in rows if r["load1"] is not None]
+    # The load includes this benchmark's own threads (up to one per CPU), hence + 0.5.
+    if loads and r0["cores"] and max(loads) > r0["cores"] + 0.5:
+        head.append(f"WARNING: load average up to {max(loads):.1f} on {r0['cores']} CPUs: "
+                    "the machine was busy; torch (timm and the torch backend) slows "
+                    "down sharply under contention")
     cols = ("model", "backend", "batch", "size", "ours img/s", "timm eager",
             "timm compile", "ratio eager", "ratio compile")
     body = []
