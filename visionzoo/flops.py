@@ -1,7 +1,8 @@
 """Multiply-accumulate counts of a built Keras model (what papers call "FLOPs").
 
 Counts convolutions, dense layers, attention matmuls and token-mixing matrices,
-like fvcore; element-wise ops, norms and pooling are not counted. Needs static
+like fvcore (a custom layer reports its own activation-by-activation products through a
+``matmul_macs(input_shape)`` method); element-wise ops, norms and pooling are not counted. Needs static
 spatial input sizes.
 """
 
@@ -29,6 +30,8 @@ def count_macs(model):
         # the layer (stride-1 blocks; a strided conv's cost is counted at its output).
         tokens = _prod(out_shape[1:-1])
         for sub in layer._flatten_layers(include_self=True, recursive=True):
+            if getattr(sub, "_vz_skip_macs", False):  # e.g. runs once on a constant table
+                continue
             if isinstance(sub, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
                                 keras.layers.Dense)):
                 total += tokens * _prod(sub.kernel.shape)
@@ -37,4 +40,6 @@ def count_macs(model):
                 total += 2 * n * n * sub.num_heads * sub.head_dim
             elif type(sub).__name__ == "RandomMixing":
                 total += sub.num_tokens * _prod(in_shape[1:])
+            elif hasattr(sub, "matmul_macs"):  # attention products etc. of custom layers
+                total += int(sub.matmul_macs(in_shape))
     return total

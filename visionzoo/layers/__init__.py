@@ -13,6 +13,7 @@ from visionzoo.layers.mlp import Mlp, MlpHead
 from visionzoo.layers.norms import GroupNorm1, LayerNorm
 from visionzoo.layers.pooling import AvgPool2DNoPadCount
 from visionzoo.layers.regularization import DropPath, Scale
+from visionzoo.layers.window import PatchMerging, WindowAttention
 
 __all__ = [
     "AvgPool2DNoPadCount",
@@ -24,9 +25,11 @@ __all__ = [
     "Mlp",
     "MlpHead",
     "MultiHeadSelfAttention",
+    "PatchMerging",
     "PaddedConv2D",
     "PaddedDepthwiseConv2D",
     "Scale",
     "SquaredReLU",
     "StarReLU",
+    "WindowAttention",
 ]

@@ -66,6 +66,9 @@ def load_checkpoint(model, source, *, layout=None, on_class_mismatch="error"):
                           "initialisation (fine-tune it).", stacklevel=3)
             skip.append(classifier)
             allow_missing.append(classifier)
+    adapt = getattr(family, "adapt_state", None)
+    if adapt is not None:  # e.g. resize relative-position tables to the model's windows
+        state = adapt(model, state, rename_keys(state.keys(), key_map))
     plan = plan_assignments(model, state, key_map, layout,
                             ignore=getattr(family, "IGNORE_KEYS", ()),
                             skip_prefixes=skip, allow_missing_prefixes=allow_missing)

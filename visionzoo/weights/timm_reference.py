@@ -15,7 +15,7 @@ import numpy as np
 
 
 def randomize_(model, seed):
-    """Re-draw every float parameter and buffer so no block is a no-op.
+    """Re-draw every float parameter and (persistent) buffer so no block is a no-op.
 
     Matrices/kernels: N(0, 1/sqrt(fan_in)). Vectors named like gains or scales
     (``*.weight`` of norms, ``*scale*``, ``gamma``): U(0.5, 1.5). Other vectors
@@ -25,9 +25,12 @@ def randomize_(model, seed):
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        persistent = set(model.state_dict())
         tensors = list(model.named_parameters()) + list(model.named_buffers())
         for name, t in tensors:
-            if not t.is_floating_point():
+            if not t.is_floating_point() or name not in persistent:
+                # Non-persistent buffers (Swin's attention masks, coordinate tables)
+                # are derived from the architecture, not weights: keep them.
                 continue
             if t.ndim >= 2:
                 fan_in = max(int(np.prod(t.shape[1:])), 1)
@@ -43,16 +46,27 @@ def reference(model_name, size=None, seed=0, batch=2):
     import timm
     import torch
 
-    model = timm.create_model(model_name, pretrained=False).eval()
-    randomize_(model, seed)
+    model = timm.create_model(model_name, pretrained=False)
     cfg = dict(model.pretrained_cfg)
     h, w = size or cfg["input_size"][1:]
+    if (h, w) != tuple(cfg["input_size"][1:]) and _takes_img_size(model):
+        # Models whose buffers depend on the grid (Swin's windows and masks) are
+        # built for the size they will run at, as timm.create_model(img_size=...) does.
+        model = timm.create_model(model_name, pretrained=False, img_size=(h, w))
+    model.eval()
+    randomize_(model, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn((batch, 3, h, w), generator=gen)
     with torch.no_grad():
         y = model(x)
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     return x.numpy(), y.numpy(), state, cfg
+
+
+def _takes_img_size(model):
+    import inspect
+
+    return "img_size" in inspect.signature(type(model).__init__).parameters
 
 
 def main(argv=None):
