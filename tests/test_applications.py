@@ -114,7 +114,8 @@ def test_every_variant_has_an_application():
         variant = registry.get_variant(model_name)
         doc = fn.__doc__
         assert f"``{model_name}``" in doc and f"{variant.input_size}x{variant.input_size}" in doc
-        assert f"{variant.published['top1']}%" in doc
+        if "top1" in variant.published:  # 22k-only checkpoints publish no top-1
+            assert f"{variant.published['top1']}%" in doc
         assert all(repr(tag) in doc for tag in variant.weights)
     from visionzoo.applications import CAFormerS18_384, PoolFormerV2M48  # noqa: F401
 

@@ -62,6 +62,11 @@ def application_name(model_name):
     part that is a pure number.
     """
     variant = registry.get_variant(model_name)
+    if hasattr(variant.module, "application_name"):
+        out = variant.module.application_name(model_name)
+        if not out.isidentifier():
+            raise RuntimeError(f"{model_name!r} gives the invalid function name {out!r}.")
+        return out
     prefix, _, rest = model_name.partition("_")
     display = getattr(variant.module, "DISPLAY_NAMES", {})
     out = display.get(prefix) or prefix.capitalize()
