@@ -4,7 +4,8 @@ A family declares, as data, an ordered list of ``(pattern, replacement)`` rename
 per checkpoint layout (``KEY_MAPS``). After renaming, every checkpoint key must
 name exactly one model variable in *canonical* form: the variable's path with
 ``/`` -> ``.`` and Keras' variable names in torch spelling (``kernel``/``gamma``
--> ``weight``, ``beta`` -> ``bias``). Tensor layouts are converted from the target
+-> ``weight``, ``beta`` -> ``bias``, ``moving_mean``/``moving_variance`` ->
+``running_mean``/``running_var``). Tensor layouts are converted from the target
 layer's type (Conv2D ``(O,I,kh,kw)->(kh,kw,I,O)``, depthwise ``(C,1,kh,kw)->
 (kh,kw,C,1)``, Dense ``(O,I[,1,1])->(I,O)``).
 
@@ -19,7 +20,8 @@ import keras
 import numpy as np
 
 _VAR_NAMES = {"kernel": "weight", "gamma": "weight", "beta": "bias",
-              "depthwise_kernel": "weight"}
+              "depthwise_kernel": "weight", "moving_mean": "running_mean",
+              "moving_variance": "running_var"}
 
 
 class CheckpointMismatchError(ValueError):
@@ -59,6 +61,9 @@ def canonical_name(path):
 
 
 def _layer_kind(layer):
+    declared = getattr(layer, "torch_layout", None)  # custom layers holding a conv kernel
+    if declared:
+        return declared
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return "depthwise"
     if isinstance(layer, keras.layers.Conv2D):
