@@ -32,7 +32,7 @@ def rows():
         else:
             p = f"{params:.2f}"
         out.append(f"| `{name}` | {v.input_size} | {p} | {info['gmacs']:.2f} | "
-                   f"{v.published.get('top1', '')} | {v.timm or '—'} | "
+                   f"{v.published.get('top1', '—')} | {v.timm or '—'} | "
                    f"{', '.join(v.weights)} |")
         print(out[-1], file=sys.stderr)
     return "\n".join(out)

@@ -104,7 +104,11 @@ def model_info(name, compute=True):
         from visionzoo.flops import count_macs
 
         model = create_model(name, input_shape=(v.input_size, v.input_size, 3))
-        info["params"] = int(sum(_size(w) for w in model.weights))
+        # Like torch's parameters(): BatchNorm running statistics are buffers, not params.
+        stats = [w for w in model.non_trainable_weights
+                 if w.path.rsplit("/", 1)[-1] in ("moving_mean", "moving_variance")]
+        info["buffers"] = int(sum(_size(w) for w in stats))
+        info["params"] = int(sum(_size(w) for w in model.weights)) - info["buffers"]
         info["trainable_params"] = int(sum(_size(w) for w in model.trainable_weights))
         info["gmacs"] = round(count_macs(model) / 1e9, 3)
     return info
