@@ -9,7 +9,7 @@ import os
 # Family modules; each defines VARIANTS, build(config, **kw), KEY_MAPS, detect_layout,
 # from_official_config and OFFICIAL_REPOS.
 FAMILY_MODULES = ("visionzoo.backbones.metaformer", "visionzoo.backbones.swin",
-                  "visionzoo.backbones.litv2")
+                  "visionzoo.backbones.litv2", "visionzoo.backbones.convit")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

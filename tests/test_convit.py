@@ -1,0 +1,116 @@
+"""ConViT: GPSA layer, live timm parity, parameter counts, fixed size, TFLite."""
+
+import numpy as np
+import pytest
+
+import keras
+
+import visionzoo
+from visionzoo.backbones import convit
+from visionzoo.layers.gpsa import relative_patch_features
+from visionzoo.registry import get_variant, list_models
+from visionzoo.weights.verify import verify
+
+from conftest import BACKEND, requires_timm
+
+FULL_BACKEND = "torch"
+
+
+def test_relative_features_equal_timm():
+    requires_timm()
+    import timm
+
+    model = timm.create_model("convit_tiny")
+    ref = model.blocks[0].attn.get_rel_indices(196)[0].numpy()
+    np.testing.assert_array_equal(relative_patch_features(14), ref)
+
+
+def test_timm_parity_tiny_every_backend():
+    requires_timm()
+    result = verify("timm:convit_tiny", verbose=False)
+    print(result.table())
+    assert result.ok, result.table()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["convit_small", "convit_base"])
+def test_timm_parity_every_variant(name):
+    if BACKEND != FULL_BACKEND:
+        pytest.skip(f"full-size variants are checked on the {FULL_BACKEND} backend")
+    requires_timm()
+    result = verify(f"timm:{name}", verbose=False)
+    assert result.ok, result.table()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models("convit*"))
+def test_parameter_counts_and_gmacs(name):
+    if BACKEND != FULL_BACKEND:
+        pytest.skip(f"parameter counts are backend-independent; run on {FULL_BACKEND}")
+    requires_timm()
+    import timm
+
+    from visionzoo.flops import count_macs
+
+    v = get_variant(name)
+    model = visionzoo.create_model(name)
+    count = sum(int(np.prod(w.shape)) for w in model.weights)
+    assert count == sum(p.numel() for p in timm.create_model(name).parameters())
+    # The paper rounds down to whole millions (27.8M -> "27M", 5.7M -> "6M").
+    assert abs(count / 1e6 - float(v.published["params_m"])) < 1.0, count
+    # Its FLOPs leave out the attention products; ours count them (2 * N^2 * C a block).
+    n, dim, depth = 196, model.embed_dim, model.depth
+    local = model.local_up_to_layer
+    attention = 2 * dim * (local * n * n + (depth - local) * (n + 1) ** 2)
+    gmacs = (count_macs(model) - attention) / 1e9
+    assert abs(gmacs - v.published["gmacs"]) <= 0.08 * v.published["gmacs"], gmacs
+
+
+def _mini(**kw):
+    return convit.ConViT(embed_dim=32, depth=3, num_heads=2, local_up_to_layer=2,
+                         img_size=64, **kw)
+
+
+def test_class_token_enters_before_first_mhsa_block():
+    model = _mini(num_classes=4)
+    names = [layer.name for layer in model.layers]
+    assert names.index("cls_token") == names.index("blocks-2-norm1") - 1
+    assert model.get_layer("blocks-1-attn").output.shape == (None, 16, 32)
+    assert model.get_layer("blocks-2-attn").output.shape == (None, 17, 32)
+
+
+def test_fixed_input_size_and_heads():
+    with pytest.raises(ValueError, match="only runs at 224x224"):
+        visionzoo.create_model("convit_tiny", input_shape=(256, 256, 3))
+    assert _mini(include_top=False).output.shape == (None, 17, 32)
+    assert _mini(include_top=False, pooling="avg").output.shape == (None, 32)
+    assert _mini(include_top=False, pooling="token").output.shape == (None, 32)
+    with pytest.raises(ValueError, match="pooling"):
+        _mini(include_top=False, pooling="mean")
+
+
+def test_keras_roundtrip_and_fit(tmp_path):
+    model = _mini(num_classes=3, drop_path_rate=0.1)
+    x = np.random.rand(8, 64, 64, 3).astype("float32")
+    y = np.arange(8) % 3
+    ref = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), ref, atol=1e-5)
+    model.compile(optimizer=keras.optimizers.AdamW(3e-4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=8, batch_size=8, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < first
+
+
+def test_tflite_export(tmp_path):
+    if BACKEND != "tensorflow":
+        pytest.skip("exported on the TensorFlow backend (other backends hand off to it)")
+    from test_export import assert_builtin_only
+
+    model = visionzoo.create_model("convit_tiny")
+    path = tmp_path / "convit_tiny.tflite"
+    report = visionzoo.export.to_tflite(model, path)
+    assert report.max_abs_diff <= 1e-3 * report.ref_max_abs, report.summary()
+    assert_builtin_only(report, path)
