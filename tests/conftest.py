@@ -33,6 +33,33 @@ def parity_fixture(name):
     return str(path)
 
 
+def published_count_ok(count, text):
+    """A parameter count rounds to the published figure ("28", "11.9") at the precision
+    it was printed with."""
+    digits = len(text.split(".")[1]) if "." in text else 0
+    return round(count / 1e6, digits) == float(text)
+
+
+def check_save_load_and_fit(model, tmp_path, side, num_classes=3, learning_rate=3e-4,
+                            fit=True):
+    """Shared backbone check: a ``.keras`` round trip gives the same outputs and config,
+    and a few ``fit()`` epochs lower the training loss."""
+    x = np.random.rand(8, side, side, 3).astype("float32")
+    y = np.arange(8) % num_classes
+    ref = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), ref, atol=1e-5)
+    assert loaded.get_config() == model.get_config()
+    if not fit:
+        return
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    first = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=8, batch_size=8, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < first
+
+
 def requires_timm():
     if timm is None:
         pytest.skip("timm is not installed (pip install -e '.[test]')")

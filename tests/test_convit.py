@@ -11,7 +11,7 @@ from visionzoo.layers.gpsa import relative_patch_features
 from visionzoo.registry import get_variant, list_models
 from visionzoo.weights.verify import verify
 
-from conftest import BACKEND, requires_timm
+from conftest import BACKEND, check_save_load_and_fit, requires_timm
 
 FULL_BACKEND = "torch"
 
@@ -90,18 +90,7 @@ def test_fixed_input_size_and_heads():
 
 
 def test_keras_roundtrip_and_fit(tmp_path):
-    model = _mini(num_classes=3, drop_path_rate=0.1)
-    x = np.random.rand(8, 64, 64, 3).astype("float32")
-    y = np.arange(8) % 3
-    ref = model.predict(x, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), ref, atol=1e-5)
-    model.compile(optimizer=keras.optimizers.AdamW(3e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    first = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, epochs=8, batch_size=8, verbose=0)
-    assert model.evaluate(x, y, verbose=0) < first
+    check_save_load_and_fit(_mini(num_classes=3, drop_path_rate=0.1), tmp_path, 64)
 
 
 def test_tflite_export(tmp_path):

@@ -17,7 +17,8 @@ from visionzoo.weights import load_checkpoint
 from visionzoo.weights.convert import CheckpointMismatchError
 from visionzoo.weights.verify import verify
 
-from conftest import BACKEND, parity_fixture, requires_timm
+from conftest import (BACKEND, check_save_load_and_fit, parity_fixture,
+                      published_count_ok, requires_timm)
 
 FULL_BACKEND = "torch"
 
@@ -157,18 +158,8 @@ def test_non_square_equals_square_pieces_for_local_ops():
 
 
 def test_keras_roundtrip_and_fit(tmp_path):
-    model = _mini(input_shape=(64, 64, 3), num_classes=3, drop_path_rate=0.1)
-    x = np.random.rand(8, 64, 64, 3).astype("float32")
-    y = np.arange(8) % 3
-    ref = model.predict(x, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), ref, atol=1e-5)
-    model.compile(optimizer=keras.optimizers.AdamW(3e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    first = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, epochs=8, batch_size=8, verbose=0)
-    assert model.evaluate(x, y, verbose=0) < first
+    check_save_load_and_fit(_mini(input_shape=(64, 64, 3), num_classes=3,
+                                  drop_path_rate=0.1), tmp_path, 64)
 
 
 def test_incomplete_checkpoint_is_refused_and_model_unchanged():
@@ -198,8 +189,6 @@ def test_registry_and_applications():
         verify("timm:litv2_s", verbose=False)
 
 
-def _published_count_ok(count, text):
-    return round(count / 1e6) == float(text)
 
 
 @pytest.mark.slow
@@ -212,7 +201,7 @@ def test_parameter_counts_and_gmacs(name):
     v = get_variant(name)
     model = visionzoo.create_model(name, input_shape=(v.input_size, v.input_size, 3))
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    assert _published_count_ok(trainable, v.published["params_m"]), trainable
+    assert published_count_ok(trainable, v.published["params_m"]), trainable
     gmacs = count_macs(model) / 1e9
     assert abs(gmacs - v.published["gmacs"]) <= 0.03 * v.published["gmacs"], gmacs
 

@@ -11,7 +11,7 @@ from visionzoo.backbones import metaformer
 from visionzoo.registry import get_variant, list_models
 from visionzoo.weights.verify import verify
 
-from conftest import BACKEND, parity_fixture, requires_timm
+from conftest import BACKEND, parity_fixture, published_count_ok, requires_timm
 
 FIXTURES = ["poolformer_v1_mini", "identityformer_mini", "randformer_mini", "poolformerv2_mini"]
 SMALLEST = ["poolformerv2_s12", "convformer_s18", "caformer_s18"]
@@ -56,10 +56,6 @@ def test_timm_v1_is_refused_with_reason():
         verify("timm:poolformer_s12", verbose=False)
 
 
-def _published_count_ok(count, text):
-    """The count rounds to the published figure at the precision it was printed with."""
-    digits = len(text.split(".")[1]) if "." in text else 0
-    return round(count / 1e6, digits) == float(text)
 
 
 @pytest.mark.slow
@@ -74,11 +70,11 @@ def test_parameter_counts_match_published_and_timm(name):
     published = v.published["params_m"]
     if "+" in published:  # RandFormer: trainable + frozen random matrices
         p_train, p_frozen = published.split("+")
-        assert _published_count_ok(trainable, p_train), (trainable, published)
-        assert _published_count_ok(frozen, p_frozen), (frozen, published)
+        assert published_count_ok(trainable, p_train), (trainable, published)
+        assert published_count_ok(frozen, p_frozen), (frozen, published)
     else:
         assert frozen == 0
-        assert _published_count_ok(trainable, published), (trainable, published)
+        assert published_count_ok(trainable, published), (trainable, published)
     timm_name = v.timm or (name if name.startswith("poolformer_") else None)
     if timm_name:
         requires_timm()

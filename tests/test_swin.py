@@ -24,7 +24,7 @@ from visionzoo.weights import load_checkpoint
 from visionzoo.weights.convert import CheckpointMismatchError
 from visionzoo.weights.verify import verify
 
-from conftest import BACKEND, requires_timm
+from conftest import BACKEND, check_save_load_and_fit, published_count_ok, requires_timm
 
 FULL_PARITY_BACKEND = "torch"
 SMALLEST = ["swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256"]
@@ -99,7 +99,6 @@ def test_resize_table_equals_timm(old, new):
     ref = resize_rel_pos_bias_table(torch.from_numpy(table), (new, new),
                                     ((2 * new - 1) ** 2, 3)).numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-5)
-    assert resize_relative_bias_table(table, old) is not None  # same window: unchanged
     np.testing.assert_array_equal(resize_relative_bias_table(table, old), table)
 
 
@@ -287,26 +286,13 @@ def test_include_top_false_and_pooling():
     assert model.output.shape == (None, 7, 7, 256)
 
 
-def test_keras_save_load_roundtrip(tmp_path):
-    model = _mini_ours("swinv2_tiny_window8_256", num_classes=3, input_shape=(64, 64, 3))
-    x = np.random.rand(2, 64, 64, 3).astype("float32")
-    y = model.predict(x, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), y, atol=1e-5)
-    assert loaded.get_config() == model.get_config()
-
-
-def test_fit_decreases_loss():
-    model = _mini_ours("swin_tiny_patch4_window7_224", num_classes=3, input_shape=(64, 64, 3),
-                       drop_path_rate=0.1)
-    model.compile(optimizer=keras.optimizers.AdamW(2e-4),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x = np.random.rand(8, 64, 64, 3).astype("float32")
-    y = np.arange(8) % 3
-    first = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, epochs=8, batch_size=8, verbose=0)
-    assert model.evaluate(x, y, verbose=0) < first
+def test_keras_save_load_and_fit(tmp_path):
+    # Both versions round-trip; the fit check uses v1 (v2's post-norm blocks on 8 random
+    # images need a schedule to lower the loss reliably within a few epochs).
+    for name in SMALLEST:
+        model = _mini_ours(name, num_classes=3, input_shape=(64, 64, 3), drop_path_rate=0.1)
+        check_save_load_and_fit(model, tmp_path, 64, learning_rate=2e-4,
+                                fit=name.startswith("swin_"))
 
 
 def test_registry_and_applications():
@@ -328,9 +314,6 @@ def test_registry_and_applications():
     assert get_variant("swin_large_patch4_window7_224").weights["in22k"]["num_classes"] == 21841
 
 
-def _published_count_ok(count, text):
-    digits = len(text.split(".")[1]) if "." in text else 0
-    return round(count / 1e6, digits) == float(text)
 
 
 @pytest.mark.slow
@@ -348,7 +331,7 @@ def test_parameter_counts_and_gmacs(name):
     count = sum(int(np.prod(w.shape)) for w in model.weights)
     ref = timm.create_model(name, num_classes=model.num_classes)
     assert count == sum(p.numel() for p in ref.parameters())
-    assert _published_count_ok(count, v.published["params_m"]), (count, v.published)
+    assert published_count_ok(count, v.published["params_m"]), (count, v.published)
     gmacs, published = count_macs(model) / 1e9, v.published.get("gmacs")
     if published is None:  # the README prints no FLOPs for the 192 px 22k checkpoints
         return

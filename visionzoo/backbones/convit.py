@@ -19,7 +19,7 @@ import keras
 from keras import ops
 
 from visionzoo.backbones.base import ZooBackbone
-from visionzoo.layers import DropPath, LayerNorm, Mlp, MultiHeadSelfAttention
+from visionzoo.layers import LayerNorm, Mlp, MultiHeadSelfAttention, residual_add
 from visionzoo.layers.gpsa import GatedPositionalSelfAttention
 
 # --------------------------------------------------------------------------------------
@@ -88,14 +88,10 @@ def convit_block(x, use_gpsa, num_heads, mlp_ratio, qkv_bias, drop_path, name):
     else:
         y = MultiHeadSelfAttention(num_heads, dim // num_heads, qkv_bias=qkv_bias,
                                    proj_bias=True, name=f"{name}-attn")(y)
-    if drop_path:
-        y = DropPath(drop_path, name=f"{name}-drop_path1")(y)
-    x = keras.layers.Add(name=f"{name}-add1")([x, y])
+    x = residual_add(x, y, drop_path, name, 1)
     y = LayerNorm(epsilon=1e-6, name=f"{name}-norm2")(x)
     y = Mlp(int(dim * mlp_ratio), activation="gelu", name=f"{name}-mlp")(y)
-    if drop_path:
-        y = DropPath(drop_path, name=f"{name}-drop_path2")(y)
-    return keras.layers.Add(name=f"{name}-add2")([x, y])
+    return residual_add(x, y, drop_path, name, 2)
 
 
 # --------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ official-constructor adapter.
 import keras
 
 from visionzoo.backbones.base import ZooBackbone, build_classifier_top
-from visionzoo.layers import GELU, DropPath, LayerNorm, PaddedDepthwiseConv2D
+from visionzoo.layers import GELU, LayerNorm, PaddedDepthwiseConv2D, residual_add
 from visionzoo.layers.deformable import DeformableConv2D
 from visionzoo.layers.hilo import HiLoAttention
 
@@ -113,12 +113,6 @@ class DeformableTokenMerging(keras.layers.Layer):
         return config
 
 
-def _residual(x, y, drop_path, name, index):
-    if drop_path:
-        y = DropPath(drop_path, name=f"{name}-drop_path{index}")(y)
-    return keras.layers.Add(name=f"{name}-add{index}")([x, y])
-
-
 def lit_block(x, has_msa, num_heads, window_size, alpha, mlp_ratio, qkv_bias, drop_path,
               name):
     """``Block`` (HiLo + DWMlp) or ``ConvFFNBlock`` (DWMlp only)."""
@@ -127,10 +121,10 @@ def lit_block(x, has_msa, num_heads, window_size, alpha, mlp_ratio, qkv_bias, dr
         y = LayerNorm(epsilon=1e-5, name=f"{name}-norm1")(x)
         y = HiLoAttention(num_heads, window_size, alpha, qkv_bias=qkv_bias,
                           name=f"{name}-attn")(y)
-        x = _residual(x, y, drop_path, name, 1)
+        x = residual_add(x, y, drop_path, name, 1)
     y = LayerNorm(epsilon=1e-5, name=f"{name}-norm2")(x)
     y = DWMlp(int(dim * mlp_ratio), name=f"{name}-mlp")(y)
-    return _residual(x, y, drop_path, name, 2)
+    return residual_add(x, y, drop_path, name, 2)
 
 
 # --------------------------------------------------------------------------------------

@@ -27,10 +27,9 @@ The file reads top to bottom: block -> model -> variant table -> key maps -> ada
 """
 
 import keras
-from keras import ops  # noqa: F401  (re-exported for family code symmetry)
 
 from visionzoo.backbones.base import ZooBackbone, build_classifier_top
-from visionzoo.layers import DropPath, LayerNorm, Mlp
+from visionzoo.layers import LayerNorm, Mlp, residual_add
 from visionzoo.layers.window import (
     PatchMerging,
     WindowAttention,
@@ -56,13 +55,9 @@ def swin_block(x, num_heads, window_size, shift_size, mlp_ratio, qkv_bias, versi
     norm1 = LayerNorm(epsilon=1e-5, name=f"{name}-norm1")
     norm2 = LayerNorm(epsilon=1e-5, name=f"{name}-norm2")
     y = norm1(attn(x)) if version == 2 else attn(norm1(x))
-    if drop_path:
-        y = DropPath(drop_path, name=f"{name}-drop_path1")(y)
-    x = keras.layers.Add(name=f"{name}-add1")([x, y])
+    x = residual_add(x, y, drop_path, name, 1)
     y = norm2(mlp(x)) if version == 2 else mlp(norm2(x))
-    if drop_path:
-        y = DropPath(drop_path, name=f"{name}-drop_path2")(y)
-    return keras.layers.Add(name=f"{name}-add2")([x, y])
+    return residual_add(x, y, drop_path, name, 2)
 
 
 # --------------------------------------------------------------------------------------

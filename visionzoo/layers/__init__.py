@@ -12,7 +12,7 @@ from visionzoo.layers.downsample import ConvDownsample
 from visionzoo.layers.mlp import Mlp, MlpHead
 from visionzoo.layers.norms import GroupNorm1, LayerNorm
 from visionzoo.layers.pooling import AvgPool2DNoPadCount
-from visionzoo.layers.regularization import DropPath, Scale
+from visionzoo.layers.regularization import DropPath, Scale, residual_add
 from visionzoo.layers.window import PatchMerging, WindowAttention
 
 __all__ = [
@@ -32,4 +32,5 @@ __all__ = [
     "SquaredReLU",
     "StarReLU",
     "WindowAttention",
+    "residual_add",
 ]

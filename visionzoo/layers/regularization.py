@@ -66,3 +66,11 @@ class Scale(keras.layers.Layer):
         config = super().get_config()
         config.update(init_value=self.init_value, trainable_scale=self.trainable_scale)
         return config
+
+
+def residual_add(x, branch, drop_path, name, index):
+    """``x + DropPath(branch)`` in a functional graph, with the layer names
+    ``{name}-drop_path{index}`` (only when ``drop_path > 0``) and ``{name}-add{index}``."""
+    if drop_path:
+        branch = DropPath(drop_path, name=f"{name}-drop_path{index}")(branch)
+    return keras.layers.Add(name=f"{name}-add{index}")([x, branch])
