@@ -14,6 +14,7 @@ _LAZY = {
     "list_models": ("visionzoo.registry", "list_models"),
     "model_info": ("visionzoo.registry", "model_info"),
     "get_variant": ("visionzoo.registry", "get_variant"),
+    "reparameterize": ("visionzoo.registry", "reparameterize"),
     "UnknownModelError": ("visionzoo.registry", "UnknownModelError"),
     "load_checkpoint": ("visionzoo.weights", "load_checkpoint"),
     "verify": ("visionzoo.weights", "verify"),

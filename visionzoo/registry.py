@@ -8,8 +8,13 @@ import os
 
 # Family modules; each defines VARIANTS, build(config, **kw), KEY_MAPS, detect_layout,
 # from_official_config and OFFICIAL_REPOS.
-FAMILY_MODULES = ("visionzoo.backbones.metaformer", "visionzoo.backbones.swin",
-                  "visionzoo.backbones.litv2", "visionzoo.backbones.convit")
+FAMILY_MODULES = (
+    "visionzoo.backbones.metaformer",
+    "visionzoo.backbones.swin",
+    "visionzoo.backbones.litv2",
+    "visionzoo.backbones.convit",
+    "visionzoo.backbones.shvit",
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -228,3 +233,17 @@ def _read_with_class_count(module, config, path):
         if new == target:
             return state, int(state[key].shape[0])
     return state, None
+
+
+def reparameterize(model):
+    """The deploy (inference) form of ``model``: a new model with the same outputs whose
+    training-time branches are folded into single layers (Conv+BN -> Conv, ...).
+
+    Supported by families that define it (SHViT); others raise ``TypeError``.
+    """
+    module = importlib.import_module(type(model).__module__)
+    fn = getattr(module, "reparameterize", None)
+    if fn is None:
+        raise TypeError(f"{type(model).__name__} has no deploy form to reparameterize into "
+                        "(it has no foldable training-time branches).")
+    return fn(model)

@@ -19,7 +19,8 @@ def randomize_(model, seed):
 
     Matrices/kernels: N(0, 1/sqrt(fan_in)). Vectors named like gains or scales
     (``*.weight`` of norms, ``*scale*``, ``gamma``): U(0.5, 1.5). Other vectors
-    (biases): N(0, 0.1).
+    (biases, BatchNorm running means): N(0, 0.1); BatchNorm running variances
+    U(0.5, 1.5).
     """
     import torch
 
@@ -35,7 +36,8 @@ def randomize_(model, seed):
             if t.ndim >= 2:
                 fan_in = max(int(np.prod(t.shape[1:])), 1)
                 t.copy_(torch.randn(t.shape, generator=gen) / fan_in ** 0.5)
-            elif name.endswith("weight") or "scale" in name or "gamma" in name:
+            elif (name.endswith(("weight", "running_var")) or "scale" in name
+                  or "gamma" in name):
                 t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
             else:
                 t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
