@@ -14,6 +14,14 @@ try:  # reference implementations first (see the module docstring)
     import timm  # noqa: F401
 except ImportError:  # pragma: no cover - a user clone without test extras
     timm = None
+try:  # the DTCWT reference (torch world too)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it imports the deprecated pkg_resources
+        import pytorch_wavelets  # noqa: F401
+except ImportError:  # pragma: no cover
+    pytorch_wavelets = None
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -9,6 +9,7 @@ from visionzoo.layers.activations import GELU, SquaredReLU, StarReLU
 from visionzoo.layers.attention import MultiHeadSelfAttention
 from visionzoo.layers.conv import PaddedConv2D, PaddedDepthwiseConv2D
 from visionzoo.layers.downsample import ConvDownsample
+from visionzoo.layers.dtcwt import DTCWTForward, DTCWTInverse
 from visionzoo.layers.mlp import Mlp, MlpHead
 from visionzoo.layers.norms import GroupNorm1, LayerNorm
 from visionzoo.layers.pooling import AvgPool2DNoPadCount
@@ -18,6 +19,8 @@ from visionzoo.layers.window import PatchMerging, WindowAttention
 __all__ = [
     "AvgPool2DNoPadCount",
     "ConvDownsample",
+    "DTCWTForward",
+    "DTCWTInverse",
     "DropPath",
     "GELU",
     "GroupNorm1",
