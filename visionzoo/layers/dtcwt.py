@@ -101,13 +101,10 @@ def _complex_to_quads(w1, w2):
     (w1r, w1i), (w2r, w2i) = w1, w2
     top_left, top_right = w1r + w2r, w1i + w2i
     bottom_left, bottom_right = w1i - w2i, w2r - w1r
-    shape = ops.shape(w1r)
-    h, w, c = w1r.shape[1], w1r.shape[2], w1r.shape[3]
-    batch = shape[0] if w1r.shape[0] is None else w1r.shape[0]
-    top = ops.reshape(ops.stack([top_left, top_right], axis=3), (batch, h, 2 * w, c))
-    bottom = ops.reshape(ops.stack([bottom_left, bottom_right], axis=3),
-                         (batch, h, 2 * w, c))
-    y = ops.reshape(ops.stack([top, bottom], axis=2), (batch, 2 * h, 2 * w, c))
+    h, w, c = w1r.shape[1], w1r.shape[2], w1r.shape[3]  # static (checked in build)
+    top = ops.reshape(ops.stack([top_left, top_right], axis=3), (-1, h, 2 * w, c))
+    bottom = ops.reshape(ops.stack([bottom_left, bottom_right], axis=3), (-1, h, 2 * w, c))
+    y = ops.reshape(ops.stack([top, bottom], axis=2), (-1, 2 * h, 2 * w, c))
     return y * _SQRT_HALF
 
 
