@@ -14,6 +14,7 @@ FAMILY_MODULES = (
     "visionzoo.backbones.litv2",
     "visionzoo.backbones.convit",
     "visionzoo.backbones.shvit",
+    "visionzoo.backbones.svt",
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
