@@ -99,7 +99,7 @@ def test_application_names():
 
 
 def test_every_variant_has_an_application():
-    names = registry.list_models()
+    names = registry.list_models(task="classification")
     assert len(applications.APPLICATIONS) == len(names)
     exported = set(dir(applications))
     for model_name in names:
@@ -122,7 +122,7 @@ def test_every_variant_has_an_application():
 
 def test_all_variants_use_imagenet_normalisation():
     # preprocess_input is module-level, so it must fit every registered model.
-    for model_name in registry.list_models():
+    for model_name in registry.list_models(task="classification"):
         v = registry.get_variant(model_name)
         assert tuple(v.mean) == registry.IMAGENET_MEAN and tuple(v.std) == registry.IMAGENET_STD
 

@@ -22,7 +22,7 @@ def rows():
 
     out = ["| model | input | params (M) | GMACs | top-1 (published) | timm name | weights |",
            "|---|---|---|---|---|---|---|"]
-    for name in visionzoo.list_models():
+    for name in visionzoo.list_models(task="classification"):
         info = visionzoo.model_info(name)
         v = visionzoo.get_variant(name)
         params = info["params"] / 1e6

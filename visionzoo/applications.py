@@ -6,7 +6,7 @@
     preds = model.predict(preprocess_input(images))      # images: (N, 224, 224, 3), 0..255
     decode_predictions(preds, top=3)
 
-One function per name of :func:`visionzoo.list_models`, generated from the
+One function per classification model of :func:`visionzoo.list_models`, generated from the
 registry when this module is imported. The function name is the variant name in
 class style: the prefix before the first ``_`` is spelled as the family module's
 ``DISPLAY_NAMES`` says, the rest is upper-cased, and a ``_`` is kept before a pure
@@ -306,7 +306,7 @@ def _make_application(model_name, function_name):
 
 def _register_all():
     seen = {}
-    for model_name in registry.list_models():
+    for model_name in registry.list_models(task="classification"):
         function_name = application_name(model_name)
         if function_name in seen or function_name in globals():
             raise RuntimeError(

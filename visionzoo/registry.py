@@ -41,6 +41,9 @@ class Variant:
     published: dict = dataclasses.field(default_factory=dict)
     fixed_input_size: bool = False
     license: str = "apache-2.0"
+    # "classification" (ImageNet-style classifiers: keras.applications functions, the
+    # model table), or another task ("restoration", "generation", ...).
+    task: str = "classification"
 
     @property
     def module(self):
@@ -64,13 +67,17 @@ def _registry():
     return _REGISTRY
 
 
-def list_models(pattern=None, pretrained=False):
-    """Sorted model names, optionally filtered by a glob ``pattern`` (``"caformer_*"``)."""
+def list_models(pattern=None, pretrained=False, task=None):
+    """Sorted model names, optionally filtered by a glob ``pattern`` (``"caformer_*"``),
+    by having weights (``pretrained=True``) and by ``task`` (``"classification"``,
+    ``"restoration"``, ``"generation"``...)."""
     names = sorted(_registry())
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     if pretrained:
         names = [n for n in names if _registry()[n].weights]
+    if task:
+        names = [n for n in names if _registry()[n].task == task]
     return names
 
 
