@@ -93,7 +93,8 @@ def _resolve_weights(variant, weights):
             text = "in1k"
         if text in variant.weights:
             spec = variant.weights[text]
-            return "tag", text, int(spec.get("num_classes", _CHECKPOINT_CLASSES))
+            count = spec.get("num_classes", _CHECKPOINT_CLASSES)  # None: not published
+            return "tag", text, None if count is None else int(count)
         if os.path.isfile(text):
             return "file", text, None
     tags = list(variant.weights)
@@ -277,7 +278,8 @@ def _docstring(model_name, display):
     facts.append(f"Weights tags: {tags}")
     if v.code:
         facts.append(f"Reference code: {v.code}")
-    ckpt = sorted({int(s.get("num_classes", _CHECKPOINT_CLASSES)) for s in v.weights.values()})
+    ckpt = sorted({int(s.get("num_classes", _CHECKPOINT_CLASSES)) for s in v.weights.values()
+                   if s.get("num_classes", _CHECKPOINT_CLASSES) is not None})
     default_shape = (size, size, 3) if v.fixed_input_size else (None, None, 3)
     fixed_note = (f" This model only runs at {size}x{size}." if v.fixed_input_size else
                   f" Any size works; the weights were trained at {size}x{size}.")

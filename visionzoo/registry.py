@@ -15,6 +15,8 @@ FAMILY_MODULES = (
     "visionzoo.backbones.convit",
     "visionzoo.backbones.shvit",
     "visionzoo.backbones.svt",
+    "visionzoo.backbones.iformer",
+    "visionzoo.backbones.hornet",
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,6 +46,7 @@ class Variant:
     # "classification" (ImageNet-style classifiers: keras.applications functions, the
     # model table), or another task ("restoration", "generation", ...).
     task: str = "classification"
+    note: str = ""  # e.g. "not timm's iformer_*": shown by model_info
 
     @property
     def module(self):
@@ -112,6 +115,7 @@ def model_info(name, compute=True):
         "weights": {tag: dict(spec) for tag, spec in v.weights.items()},
         "weights_license": v.license,
         "published": dict(v.published),
+        "note": v.note,
     }
     if compute:
         from visionzoo.flops import count_macs
@@ -213,10 +217,11 @@ def create_model(name, *, weights=None, num_classes=None, include_top=True, inpu
     config.update(overrides)
     source = path
     if num_classes is None:
-        num_classes = int(spec.get("num_classes", 1000))
-        if kind == "file" and not os.fspath(path).endswith(".weights.h5"):
+        num_classes = spec.get("num_classes", 1000)  # None: not published, read the file
+        if kind is not None and not os.fspath(path).endswith(".weights.h5"):
             source, found = _read_with_class_count(v.module, config, path)
             num_classes = found or num_classes
+        num_classes = int(num_classes or 1000)
     model = v.module.build(config, include_top=include_top, num_classes=num_classes,
                            pooling=pooling, classifier_activation=classifier_activation,
                            input_shape=tuple(input_shape), name=name)

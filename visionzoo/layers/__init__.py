@@ -9,6 +9,8 @@ from visionzoo.layers.activations import GELU, SquaredReLU, StarReLU
 from visionzoo.layers.attention import MultiHeadSelfAttention
 from visionzoo.layers.conv import PaddedConv2D, PaddedDepthwiseConv2D
 from visionzoo.layers.downsample import ConvDownsample
+from visionzoo.layers.gnconv import GlobalLocalFilter, GnConv
+from visionzoo.layers.inception_mixer import HighFrequencyMixer, InceptionMixer, LowFrequencyMixer
 from visionzoo.layers.dtcwt import DTCWTForward, DTCWTInverse
 from visionzoo.layers.mlp import Mlp, MlpHead
 from visionzoo.layers.norms import GroupNorm1, LayerNorm
@@ -23,8 +25,13 @@ __all__ = [
     "DTCWTInverse",
     "DropPath",
     "GELU",
+    "GlobalLocalFilter",
+    "GnConv",
     "GroupNorm1",
+    "HighFrequencyMixer",
+    "InceptionMixer",
     "LayerNorm",
+    "LowFrequencyMixer",
     "Mlp",
     "MlpHead",
     "MultiHeadSelfAttention",
