@@ -15,6 +15,7 @@ FAMILY_MODULES = (
     "visionzoo.backbones.convit",
     "visionzoo.backbones.shvit",
     "visionzoo.backbones.svt",
+    "visionzoo.backbones.dit",
     "visionzoo.backbones.iformer",
     "visionzoo.backbones.hornet",
 )
@@ -47,6 +48,7 @@ class Variant:
     # model table), or another task ("restoration", "generation", ...).
     task: str = "classification"
     note: str = ""  # e.g. "not timm's iformer_*": shown by model_info
+    input_channels: int = 3  # 4 for DiT's VAE latents
 
     @property
     def module(self):
@@ -106,7 +108,7 @@ def model_info(name, compute=True):
     info = {
         "name": v.name,
         "family": v.family.rsplit(".", 1)[-1],
-        "default_input_size": (v.input_size, v.input_size, 3),
+        "default_input_size": (v.input_size, v.input_size, v.input_channels),
         "fixed_input_size": v.fixed_input_size,
         "preprocessing": {"mean": v.mean, "std": v.std, "crop_pct": v.crop_pct,
                           "interpolation": v.interpolation, "scale": "pixels / 255"},
@@ -120,7 +122,7 @@ def model_info(name, compute=True):
     if compute:
         from visionzoo.flops import count_macs
 
-        model = create_model(name, input_shape=(v.input_size, v.input_size, 3))
+        model = create_model(name, input_shape=(v.input_size, v.input_size, v.input_channels))
         # Like torch's parameters(): BatchNorm running statistics are buffers, not params.
         stats = [w for w in model.non_trainable_weights
                  if w.path.rsplit("/", 1)[-1] in ("moving_mean", "moving_variance")]
@@ -199,12 +201,13 @@ def create_model(name, *, weights=None, num_classes=None, include_top=True, inpu
     v = get_variant(name)
     kind, value, spec = _resolve_weights(v, weights)
     if input_shape is None:
-        input_shape = ((v.input_size, v.input_size, 3) if v.fixed_input_size
-                       else (None, None, 3))
-    if kind and input_shape[-1] != 3:
+        c = v.input_channels
+        input_shape = ((v.input_size, v.input_size, c) if v.fixed_input_size
+                       else (None, None, c))
+    if kind and input_shape[-1] != v.input_channels:
         raise ValueError(
-            f"Pretrained weights for {name} expect 3 input channels; input_shape "
-            f"{tuple(input_shape)} has {input_shape[-1]}.")
+            f"Pretrained weights for {name} expect {v.input_channels} input channels; "
+            f"input_shape {tuple(input_shape)} has {input_shape[-1]}.")
     if v.fixed_input_size and tuple(input_shape[:2]) != (v.input_size, v.input_size):
         raise ValueError(
             f"{name} only runs at {v.input_size}x{v.input_size} (its token-mixing "

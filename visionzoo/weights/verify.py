@@ -149,6 +149,10 @@ def verify_fixture(path):
         raise ValueError(f"No visionzoo family ports {repo} (fixture {path}).")
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
+    hook = getattr(family, "verify_fixture", None)
+    if hook is not None:  # multi-input models (DiT: latents, timesteps, labels)
+        rows = [_row(k, ours, ref, tol) for k, ours, ref, tol in hook(arrays, meta)]
+        return VerifyResult(os.path.basename(path), keras.backend.backend(), rows)
     x = arrays["input"]
     nchw = "NCHW" in meta.get("input_layout", "NCHW")[:12]
     x_nhwc = np.transpose(x, (0, 2, 3, 1)) if nchw else x
