@@ -78,7 +78,9 @@ def main(argv=None):
     parser.add_argument("--cfg", type=float, default=2.0)
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--out", default="dit_digits")
-    parser.add_argument("--ema", type=float, default=0.995, help="EMA momentum")
+    parser.add_argument("--ema", type=float, default=0.999,
+                        help="EMA momentum (0.999 needs the full 200 epochs: Keras starts the "
+                             "average at the first step's weights; use ~0.995 for short runs)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
