@@ -6,6 +6,7 @@
     visionzoo export NAME --format tflite [--quantize fp16|int8] [--input-size H W]
     visionzoo demo [--epochs N] [--out DIR]
     visionzoo bench NAME... [--batch 8] [--vs timm]
+    visionzoo predict --task restore NAME IN.png --out OUT.png [--weights TAG|PATH]
 """
 
 import argparse
@@ -55,6 +56,28 @@ def _cmd_bench(args):
     return bench_cli(args)
 
 
+def _cmd_predict(args):
+    import numpy as np
+    from PIL import Image
+
+    from visionzoo.registry import create_model, get_variant
+
+    variant = get_variant(args.name)
+    if variant.task != "restoration" or not hasattr(variant.module, "restore"):
+        raise ValueError(f"{args.name} is a {variant.task} model; --task restore needs a "
+                         "restoration model (visionzoo list with task 'restoration').")
+    module = variant.module
+    image = np.asarray(Image.open(args.image).convert("RGB"), np.float32) / 255.0
+    # Build once at the padded size the official evaluation would use.
+    padded, _ = module.pad_for_model(image, module.size_multiple(**variant.config))
+    model = create_model(args.name, weights=args.weights,
+                         input_shape=(padded.shape[0], padded.shape[1], 3))
+    out = module.restore(model, image)
+    Image.fromarray((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)).save(args.out)
+    print(f"{args.out}: restored {image.shape[1]}x{image.shape[0]} image with {args.name}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="visionzoo", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,6 +122,14 @@ def build_parser():
     s.add_argument("--vs", default=None, choices=["timm"])
     s.add_argument("--csv", default=None, help="append results to this CSV")
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("predict", help="run a model on an image (--task restore)")
+    s.add_argument("--task", required=True, choices=["restore"])
+    s.add_argument("name", help="a restoration model, e.g. maxim_s3")
+    s.add_argument("image", help="input image file")
+    s.add_argument("--out", required=True, help="output image file")
+    s.add_argument("--weights", default=None, help="weights tag (e.g. sidd) or checkpoint path")
+    s.set_defaults(func=_cmd_predict)
     return p
 
 

@@ -18,6 +18,7 @@ FAMILY_MODULES = (
     "visionzoo.backbones.dit",
     "visionzoo.backbones.iformer",
     "visionzoo.backbones.hornet",
+    "visionzoo.backbones.maxim",
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
