@@ -148,12 +148,93 @@ def test_assignment_marks_matching_anchor_positive():
         det.compute_loss(y={"boxes": boxes}, y_pred=det(np.zeros((1, SIDE, SIDE, 3))))
 
 
+def _tal_loop_reference(scores, pred, points, gt_boxes, gt_labels, topk, alpha, beta):
+    """Task-aligned assignment written as plain loops (one image, one box at a time)."""
+    num_points, num_classes = scores.shape
+    iou = np.asarray(keras.ops.convert_to_numpy(pairwise_iou(gt_boxes, pred)))
+    claims = {}
+    metrics = np.zeros((len(gt_boxes), num_points))
+    for m, (box, label) in enumerate(zip(gt_boxes, gt_labels)):
+        if label < 0:
+            continue
+        for a, (x, y) in enumerate(points):
+            if min(x - box[0], y - box[1], box[2] - x, box[3] - y) > 1e-9:
+                metrics[m, a] = scores[a, label] ** alpha * max(iou[m, a], 0) ** beta
+        order = [a for a in np.argsort(-metrics[m], kind="stable")[:topk] if metrics[m, a] > 0]
+        for a in order:
+            claims.setdefault(a, []).append(m)
+    target = np.zeros((num_points, num_classes))
+    boxes = np.zeros((num_points, 4))
+    owner = {a: max(ms, key=lambda m: iou[m, a]) for a, ms in claims.items()}
+    for m in range(len(gt_boxes)):
+        mine = [a for a, o in owner.items() if o == m]
+        if not mine:
+            continue
+        best_metric = max(metrics[m, a] for a in mine)
+        best_iou = max(iou[m, a] for a in mine)
+        for a in mine:
+            target[a, gt_labels[m]] = metrics[m, a] * best_iou / (best_metric + 1e-9)
+            boxes[a] = gt_boxes[m]
+    return target, boxes, np.array([a in owner for a in range(num_points)])
+
+
+def test_task_aligned_assignment_matches_loop_reference():
+    from visionzoo.heads.anchor_free import anchor_points, task_aligned_assign
+
+    rng = np.random.default_rng(0)
+    points, _ = anchor_points({3: (8, 8), 4: (4, 4)})
+    batch, num_classes = 2, 3
+    scores = rng.uniform(0.05, 0.95, (batch, len(points), num_classes)).astype("float32")
+    centre = rng.uniform(8, 56, (batch, len(points), 2))
+    half = rng.uniform(4, 20, (batch, len(points), 2))
+    pred = np.concatenate([centre - half, centre + half], -1).astype("float32")
+    gt_boxes = np.array([[[4, 4, 40, 30], [20, 16, 60, 60], [-1, -1, -1, -1]],
+                         [[10, 30, 30, 62], [0, 0, 64, 64], [12, 2, 52, 20]]], "float32")
+    gt_labels = np.array([[0, 2, -1], [1, 1, 2]], "int32")
+    target, boxes, fg = (keras.ops.convert_to_numpy(t) for t in task_aligned_assign(
+        scores, pred, points, gt_boxes, gt_labels, num_classes, topk=5, alpha=0.5, beta=6.0))
+    for b in range(batch):
+        ref_t, ref_boxes, ref_fg = _tal_loop_reference(
+            scores[b], pred[b], points, gt_boxes[b], gt_labels[b], 5, 0.5, 6.0)
+        np.testing.assert_array_equal(fg[b], ref_fg)
+        assert 5 <= ref_fg.sum() <= 15  # boxes overlap: some points were contested
+        np.testing.assert_allclose(target[b], ref_t, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(boxes[b][ref_fg], ref_boxes[ref_fg])
+
+
+def test_distribution_focal_and_ciou_losses_match_torch():
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from visionzoo.heads.anchor_free import distribution_focal_loss, dfl_distances
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(5, 64)).astype("float32")
+    targets = rng.uniform(0, 16, (5, 4)).astype("float32")
+    got = keras.ops.convert_to_numpy(distribution_focal_loss(logits, targets))
+    t = torch.from_numpy(np.clip(targets, 0, 15 - 0.01)).reshape(-1)
+    left = t.floor().long()
+    wl = left + 1 - t
+    lg = torch.from_numpy(logits).reshape(-1, 16)
+    ce = torch.nn.functional.cross_entropy
+    ref = (ce(lg, left, reduction="none") * wl
+           + ce(lg, left + 1, reduction="none") * (1 - wl)).reshape(5, 4).mean(-1)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5)
+    expected = (torch.softmax(lg, -1) * torch.arange(16.0)).sum(-1).reshape(5, 4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dfl_distances(logits)),
+                               expected.numpy(), rtol=1e-5)
+    a = np.array([[0, 0, 10, 20], [5, 5, 30, 12], [2, 3, 4, 9]], "float32")
+    b = np.array([[1, 2, 12, 18], [0, 6, 20, 40], [2, 3, 4, 9]], "float32")
+    ciou = keras.ops.convert_to_numpy(keras.utils.bounding_boxes.compute_ciou(a, b, "xyxy"))
+    ref = torchvision.ops.complete_box_iou_loss(torch.from_numpy(a), torch.from_numpy(b))
+    np.testing.assert_allclose(1 - ciou, ref.numpy(), atol=1e-4)
+
+
 # --------------------------------------------------------------------------------------
 # The matrix: every head on every pyramid family trains (loss goes down)
 # --------------------------------------------------------------------------------------
 
 DATA = make_shapes(4, size=SIDE, max_objects=2, min_side=12, seed=3)
-HEADS = ("upernet", "fpn", "mlp", "retinanet")
+HEADS = ("upernet", "fpn", "mlp", "retinanet", "yolov8")
 
 
 class AllHeads(keras.Model):
@@ -184,9 +265,12 @@ def test_every_head_trains_on_family(family):
     backbone = mini_backbone(family)
     models = [create_segmenter(backbone, num_classes=4, head=h, head_channels=16,
                                compile=False, name=f"seg_{h}") for h in HEADS[:3]]
-    models.append(create_detector(backbone, num_classes=3, fpn_channels=16, compile=False))
+    for head in HEADS[3:]:
+        models.append(create_detector(backbone, num_classes=3, fpn_channels=16, head=head,
+                                      compile=False, name=f"det_{head}"))
     masks = DATA["masks"]
-    ys = (masks, masks, masks, {"boxes": DATA["boxes"], "classes": DATA["labels"]})
+    targets = {"boxes": DATA["boxes"], "classes": DATA["labels"]}
+    ys = (masks, masks, masks, targets, targets)
     joint = AllHeads(models)
     # TF: eager steps beat tracing these tiny graphs; JAX: op-by-op eager is far slower
     # than one jit; torch is eager anyway.
@@ -250,26 +334,30 @@ def test_tflite_detector_with_nms_and_segmenter(tmp_path):
     layer = det.get_layer("cls_head-out")
     kernel, bias = layer.get_weights()
     layer.set_weights([kernel * 40, bias * 0])  # spread the scores: many boxes survive
+    yolo = create_detector(mini_backbone("metaformer"), num_classes=3, fpn_channels=16,
+                           head="yolov8", score_threshold=0.02)
     x = DATA["images"]
-    exported = det.export_model(nms=True)
-    keras_rows = keras.ops.convert_to_numpy(exported.predict(x, verbose=0))
-    report = visionzoo.export.to_tflite(exported, tmp_path / "det.tflite", check_input=x)
-    assert_builtin_only(report, tmp_path / "det.tflite")
-    assert "WHILE" in report.op_names and "TOPK_V2" in report.op_names
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(tmp_path / "det.tflite"))
-    it.resize_tensor_input(it.get_input_details()[0]["index"], x.shape)
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
-    rows = it.get_tensor(it.get_output_details()[0]["index"])
-    kept = keras_rows[..., 4] > 0
-    assert kept.sum() > 10
-    np.testing.assert_array_equal(rows[..., 4] > 0, kept)  # identical kept detections
-    np.testing.assert_array_equal(rows[..., 5][kept], keras_rows[..., 5][kept])
-    scale = np.abs(keras_rows[..., :4][kept]).max()
-    assert np.abs(rows[..., :4][kept] - keras_rows[..., :4][kept]).max() <= 1e-3 * scale
+    for model in (det, yolo):
+        exported = model.export_model(nms=True)
+        keras_rows = keras.ops.convert_to_numpy(exported.predict(x, verbose=0))
+        path = tmp_path / f"{model.head}.tflite"
+        report = visionzoo.export.to_tflite(exported, path, check_input=x)
+        assert_builtin_only(report, path)
+        assert "WHILE" in report.op_names and "TOPK_V2" in report.op_names
+        it = Interpreter(model_path=str(path))
+        it.resize_tensor_input(it.get_input_details()[0]["index"], x.shape)
+        it.allocate_tensors()
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        rows = it.get_tensor(it.get_output_details()[0]["index"])
+        kept = keras_rows[..., 4] > 0
+        assert kept.sum() > 10, model.head
+        np.testing.assert_array_equal(rows[..., 4] > 0, kept)  # identical kept detections
+        np.testing.assert_array_equal(rows[..., 5][kept], keras_rows[..., 5][kept])
+        scale = np.abs(keras_rows[..., :4][kept]).max()
+        assert np.abs(rows[..., :4][kept] - keras_rows[..., :4][kept]).max() <= 1e-3 * scale
 
     seg = create_segmenter(mini_backbone("metaformer"), num_classes=4, head="fpn",
                            head_channels=16)
@@ -279,12 +367,20 @@ def test_tflite_detector_with_nms_and_segmenter(tmp_path):
     assert_builtin_only(report, tmp_path / "seg.tflite")
 
 
-def test_detector_export_raw_outputs():
-    det = create_detector(mini_backbone("shvit"), num_classes=2, fpn_channels=16)
+@pytest.mark.parametrize("head", ["retinanet", "yolov8"])
+def test_detector_export_raw_outputs(head):
+    det = create_detector(mini_backbone("shvit"), num_classes=2, fpn_channels=16, head=head,
+                          score_threshold=0.0, pre_nms_topk=200)
     raw = det.export_model(nms=False)
     classes, boxes = raw.predict(DATA["images"], verbose=0)
-    assert classes.shape == (4, len(det.anchors), 2) and boxes.shape == (4, len(det.anchors), 4)
-    assert isinstance(det, Detector)
+    per_anchor = 4 if head == "retinanet" else 4 * 16
+    assert classes.shape == (4, len(det.anchors), 2)
+    assert boxes.shape == (4, len(det.anchors), per_anchor)
+    # The raw outputs plus the model's own decoder give exactly the NMS export.
+    rows = keras.ops.convert_to_numpy(det.decode({"classes": classes, "boxes": boxes}))
+    exported = det.export_model(nms=True).predict(DATA["images"], verbose=0)
+    np.testing.assert_allclose(rows, exported, atol=1e-4)
+    assert (rows[..., 4] > 0).sum() > 0
 
 
 def test_coco_map_and_mean_iou():

@@ -88,6 +88,9 @@ class DetectionDecoder(keras.layers.Layer):
             stride units).
         mode: "deltas" (RetinaNet) or "distances" (anchor-free).
         strides: ``(A,)`` per-point strides for ``mode="distances"``.
+        reg_max: with ``mode="distances"``, the regression is ``(B, A, 4 * reg_max)``
+            bin logits (distribution focal loss heads) whose softmax expectation is
+            the distance; None when it already is ``(B, A, 4)`` distances.
         score_threshold, iou_threshold, pre_nms_topk, max_detections: mmdet defaults
             0.05, 0.5, 1000, 100.
         activation: "sigmoid" on class logits, or None if already probabilities.
@@ -95,7 +98,7 @@ class DetectionDecoder(keras.layers.Layer):
 
     def __init__(self, anchors, mode="deltas", strides=None, score_threshold=0.05,
                  iou_threshold=0.5, pre_nms_topk=1000, max_detections=100,
-                 activation="sigmoid", image_size=None, **kwargs):
+                 activation="sigmoid", image_size=None, reg_max=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.anchors = np.asarray(anchors, np.float32)
@@ -107,11 +110,17 @@ class DetectionDecoder(keras.layers.Layer):
         self.max_detections = int(max_detections)
         self.activation = activation
         self.image_size = None if image_size is None else tuple(image_size)
+        self.reg_max = None if reg_max is None else int(reg_max)
 
     def _decode(self, anchors, regression, strides):
         if self.mode == "deltas":
             boxes = decode_deltas(anchors, regression)
         else:
+            if self.reg_max:
+                k = ops.shape(regression)[1]
+                probs = ops.softmax(ops.reshape(regression, (-1, k, 4, self.reg_max)), -1)
+                bins = ops.convert_to_tensor(np.arange(self.reg_max, dtype=np.float32))
+                regression = ops.sum(probs * bins, axis=-1)
             d = regression * strides[..., None]
             boxes = ops.concatenate([anchors - d[..., :2], anchors + d[..., 2:]], -1)
         if self.image_size is not None:
@@ -150,12 +159,16 @@ class DetectionDecoder(keras.layers.Layer):
 
         keep = ops.fori_loop(0, k, body, keep)
         kept_scores = ops.where(keep, cand_scores, -1.0)
-        top_scores, order = ops.top_k(kept_scores, self.max_detections)
+        top_scores, order = ops.top_k(kept_scores, min(self.max_detections, k))
         out_boxes = ops.take_along_axis(boxes, order[..., None], axis=1)
         out_labels = ops.cast(ops.take_along_axis(cand_labels, order, axis=1), "float32")
         valid = top_scores > 0.0
         rows = ops.concatenate([out_boxes, top_scores[..., None], out_labels[..., None]], -1)
-        return ops.where(valid[..., None], rows, -1.0)
+        rows = ops.where(valid[..., None], rows, -1.0)
+        if self.max_detections > k:  # fewer candidates than rows: pad to the static size
+            rows = ops.pad(rows, ((0, 0), (0, self.max_detections - k), (0, 0)),
+                           constant_values=-1.0)
+        return rows
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.max_detections, 6)
@@ -167,7 +180,8 @@ class DetectionDecoder(keras.layers.Layer):
                       score_threshold=self.score_threshold,
                       iou_threshold=self.iou_threshold, pre_nms_topk=self.pre_nms_topk,
                       max_detections=self.max_detections, activation=self.activation,
-                      image_size=None if self.image_size is None else list(self.image_size))
+                      image_size=None if self.image_size is None else list(self.image_size),
+                      reg_max=self.reg_max)
         return config
 
 

@@ -7,6 +7,18 @@ import numpy as np
 from keras import ops
 
 
+class RestoresCompile:
+    """For models with their own ``compile``: Keras skips recompiling such models on
+    ``load_model`` (with a warning). Their ``compile`` takes the standard arguments, so
+    the saved compile config can be replayed, optimizer state included."""
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+
 def conv_module(x, filters, kernel_size, name, strides=1, norm=True, activation="relu"):
     """mmcv's ``ConvModule``: Conv (bias only without a norm) -> BatchNorm -> ReLU.
 

@@ -21,6 +21,7 @@ Targets are dense and padded: ``{"boxes": (B, M, 4), "labels": (B, M)}`` with -1
 ``keras.utils.bounding_boxes`` format; default "xyxy" in input pixels).
 """
 
+import difflib
 import math
 
 import keras
@@ -29,10 +30,11 @@ from keras import ops
 
 from visionzoo.heads.boxes import (DetectionDecoder, encode_deltas, normalize_targets,
                                    pairwise_iou, split_detections)
-from visionzoo.heads.common import pyramid_levels
-from visionzoo.heads.necks import fpn
+from visionzoo.heads.anchor_free import REG_MAX, anchor_points, yolo_head, yolo_loss
+from visionzoo.heads.common import RestoresCompile, pyramid_levels
+from visionzoo.heads.necks import fpn, pan
 
-HEADS = ("retinanet",)
+HEADS = ("retinanet", "yolov8")
 
 
 def retinanet_anchors(levels, image_size, octave_base=4, scales_per_octave=3,
@@ -70,6 +72,26 @@ def _retina_subnet(features, convs, head_conv, outputs_per_anchor, name):
     return keras.layers.Concatenate(axis=1, name=f"{name}-concat")(flat)
 
 
+def _retinanet_head(neck, num_classes, channels, anchors_per_loc=9):
+    """The two RetinaNet subnets on every level -> (class logits, box deltas)."""
+
+    def tower(prefix):
+        return [keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
+                                    name=f"{prefix}-conv{i}") for i in range(4)]
+
+    prior = -math.log((1 - 0.01) / 0.01)
+    cls_out = keras.layers.Conv2D(
+        anchors_per_loc * num_classes, 3, padding="same", name="cls_head-out",
+        bias_initializer=keras.initializers.Constant(prior),
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
+    box_out = keras.layers.Conv2D(
+        anchors_per_loc * 4, 3, padding="same", name="box_head-out",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
+    classes = _retina_subnet(neck, tower("cls_head"), cls_out, num_classes, "cls_head")
+    boxes = _retina_subnet(neck, tower("box_head"), box_out, 4, "box_head")
+    return classes, boxes
+
+
 def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
     """Per-element sigmoid focal loss (Lin et al. 2017)."""
     p = ops.sigmoid(logits)
@@ -80,7 +102,7 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
 
 
 @keras.saving.register_keras_serializable(package="visionzoo")
-class Detector(keras.Model):
+class Detector(RestoresCompile, keras.Model):
     """Backbone pyramid -> FPN -> RetinaNet head; dict outputs ``"classes"``
     ``(B, A, num_classes)`` logits and ``"boxes"`` ``(B, A, 4)`` anchor deltas.
 
@@ -98,31 +120,27 @@ class Detector(keras.Model):
 
     def __init__(self, backbone, num_classes, head="retinanet", fpn_channels=256,
                  bounding_box_format="xyxy", score_threshold=0.05, iou_threshold=0.5,
-                 pre_nms_topk=1000, max_detections=100, name="detector", **kwargs):
+                 pre_nms_topk=1000, max_detections=100, class_names=None, name="detector",
+                 **kwargs):
         if head not in HEADS:
-            raise ValueError(f"Unknown detection head {head!r}; choose one of {HEADS}.")
+            close = difflib.get_close_matches(str(head), HEADS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Unknown detection head {head!r}; choose one of {HEADS}.{hint}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for "
+                             f"num_classes={num_classes}.")
         features = pyramid_levels(backbone)
         inputs = backbone.inputs[0] if isinstance(backbone.inputs, list) else backbone.inputs
         image_size = tuple(inputs.shape[1:3])
         chosen = [lvl for lvl in features if lvl >= 3][:3] or list(features)[-3:]
-        neck = fpn({lvl: features[lvl] for lvl in chosen}, fpn_channels,
-                   extra_levels=max(2, 5 - len(chosen)), name="neck")
-        anchors_per_loc = 9
-
-        def tower(prefix):
-            return [keras.layers.Conv2D(fpn_channels, 3, padding="same", activation="relu",
-                                        name=f"{prefix}-conv{i}") for i in range(4)]
-
-        prior = -math.log((1 - 0.01) / 0.01)
-        cls_out = keras.layers.Conv2D(
-            anchors_per_loc * num_classes, 3, padding="same", name="cls_head-out",
-            bias_initializer=keras.initializers.Constant(prior),
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
-        box_out = keras.layers.Conv2D(
-            anchors_per_loc * 4, 3, padding="same", name="box_head-out",
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
-        classes = _retina_subnet(neck, tower("cls_head"), cls_out, num_classes, "cls_head")
-        boxes = _retina_subnet(neck, tower("box_head"), box_out, 4, "box_head")
+        if head == "retinanet":
+            neck = fpn({lvl: features[lvl] for lvl in chosen}, fpn_channels,
+                       extra_levels=max(2, 5 - len(chosen)), name="neck")
+            classes, boxes = _retinanet_head(neck, num_classes, fpn_channels)
+        else:
+            neck = pan({lvl: features[lvl] for lvl in chosen}, fpn_channels,
+                       activation="silu", name="neck")
+            classes, boxes = yolo_head(neck, num_classes, image_size, name="head")
         outputs = {"classes": keras.layers.Activation("linear", dtype="float32",
                                                       name="classes")(classes),
                    "boxes": keras.layers.Activation("linear", dtype="float32",
@@ -130,18 +148,28 @@ class Detector(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self.backbone = backbone
         self.num_classes = num_classes
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.head = head
         self.fpn_channels = fpn_channels
         self.bounding_box_format = bounding_box_format
         self.image_size = image_size
         grid = {lvl: tuple(t.shape[1:3]) for lvl, t in neck.items()}
-        self.anchors = retinanet_anchors(grid, image_size)
-        self.decoder = DetectionDecoder(
-            self.anchors, score_threshold=score_threshold, iou_threshold=iou_threshold,
-            pre_nms_topk=pre_nms_topk, max_detections=max_detections,
-            image_size=image_size, name="decoder")
+        if head == "retinanet":
+            self.anchors = retinanet_anchors(grid, image_size)
+            self.strides = None
+        else:
+            self.anchors, self.strides = anchor_points(grid)
         self._decode_args = dict(score_threshold=score_threshold, iou_threshold=iou_threshold,
                                  pre_nms_topk=pre_nms_topk, max_detections=max_detections)
+        self.decoder = self._make_decoder()
+
+    def _make_decoder(self):
+        if self.head == "retinanet":
+            extra = {}
+        else:
+            extra = dict(mode="distances", strides=self.strides, reg_max=REG_MAX)
+        return DetectionDecoder(self.anchors, image_size=self.image_size, name="decoder",
+                                **extra, **self._decode_args)
 
     # ---- training ----------------------------------------------------------------
 
@@ -181,6 +209,9 @@ class Detector(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         boxes, labels = normalize_targets(y, self.bounding_box_format, self.image_size)
+        if self.head == "yolov8":
+            return yolo_loss(y_pred["classes"], y_pred["boxes"], self.anchors, self.strides,
+                             boxes, labels, self.num_classes)
         cls_t, box_t, positive, weight = self.assign_targets(boxes, labels)
         num_pos = ops.maximum(ops.sum(ops.cast(positive, "float32")), 1.0)
         logits = ops.cast(y_pred["classes"], "float32")
@@ -215,8 +246,7 @@ class Detector(keras.Model):
                              else self.input.shape[1:], name="images")
         outputs = self(inputs)
         if nms:
-            decoder = DetectionDecoder(self.anchors, image_size=self.image_size,
-                                       name="decoder", **self._decode_args)
+            decoder = self._make_decoder()
             return keras.Model(inputs, decoder([outputs["classes"], outputs["boxes"]]),
                                name=f"{self.name}_nms")
         return keras.Model(inputs, [outputs["classes"], outputs["boxes"]],
@@ -225,7 +255,7 @@ class Detector(keras.Model):
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone),
                 "num_classes": self.num_classes, "head": self.head,
-                "fpn_channels": self.fpn_channels,
+                "fpn_channels": self.fpn_channels, "class_names": self.class_names,
                 "bounding_box_format": self.bounding_box_format, "name": self.name,
                 **self._decode_args}
 

@@ -27,7 +27,7 @@ ignores ``ignore_index`` pixels; ``keras.metrics.MeanIoU`` is the default metric
 import keras
 from keras import ops
 
-from visionzoo.heads.common import ResizeLike, conv_module, pyramid_levels
+from visionzoo.heads.common import ResizeLike, RestoresCompile, conv_module, pyramid_levels
 from visionzoo.heads.necks import fpn, pyramid_pooling
 
 HEADS = ("upernet", "fpn", "mlp")
@@ -104,7 +104,7 @@ class SegmentationLoss:
 
 
 @keras.saving.register_keras_serializable(package="visionzoo")
-class Segmenter(keras.Model):
+class Segmenter(RestoresCompile, keras.Model):
     """A backbone's pyramid + a decode head (+ optional auxiliary head) -> pixel logits.
 
     Outputs a dict: ``"logits"`` ``(B, H, W, num_classes)`` at the input size and, with
