@@ -1,5 +1,6 @@
-"""Object detection on any pyramid backbone: RetinaNet, trainable with ``fit()``,
-decoded and NMS-ed by an exportable layer.
+"""Object detection on any pyramid backbone: RetinaNet (anchors) or a YOLOv8-style
+anchor-free head (``head="yolov8"``, see :mod:`visionzoo.heads.anchor_free`), trainable
+with ``fit()``, decoded and NMS-ed by an exportable layer.
 
     det = visionzoo.create_detector("swin_tiny_patch4_window7_224", num_classes=3,
                                     input_shape=(256, 256, 3))
@@ -103,8 +104,11 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
 
 @keras.saving.register_keras_serializable(package="visionzoo")
 class Detector(RestoresCompile, keras.Model):
-    """Backbone pyramid -> FPN -> RetinaNet head; dict outputs ``"classes"``
-    ``(B, A, num_classes)`` logits and ``"boxes"`` ``(B, A, 4)`` anchor deltas.
+    """Backbone pyramid -> neck -> head; dict outputs ``"classes"``
+    ``(B, A, num_classes)`` logits and ``"boxes"``: ``(B, A, 4)`` anchor deltas
+    (RetinaNet: FPN P3-P7, 9 anchors per cell) or ``(B, A, 64)`` distance-bin logits
+    (YOLOv8: PAN on P3-P5 with conv-BN-SiLU modules, one point per cell; ``anchors`` are
+    then the cell centres and ``strides`` their strides).
 
     ``predict`` decodes with :class:`~visionzoo.heads.boxes.DetectionDecoder` and returns
     ``{"boxes", "scores", "labels", "num_detections"}`` (keras-hub's format, -1 padded).
@@ -112,10 +116,11 @@ class Detector(RestoresCompile, keras.Model):
     Args:
         backbone: a visionzoo backbone with ``pyramid_outputs`` at a static input size.
         num_classes: int (no background class).
-        head: "retinanet".
-        fpn_channels: int (256).
+        head: "retinanet" or "yolov8".
+        fpn_channels: int (256). Neck width.
         bounding_box_format: format of the training targets (default "xyxy").
         score_threshold, iou_threshold, pre_nms_topk, max_detections: decoding.
+        class_names: optional list of ``num_classes`` names, kept in the saved model.
     """
 
     def __init__(self, backbone, num_classes, head="retinanet", fpn_channels=256,
@@ -175,7 +180,8 @@ class Detector(RestoresCompile, keras.Model):
 
     def compile(self, optimizer="auto", **kwargs):
         """Default optimiser: AdamW(1e-4, weight decay 1e-4) with gradient clipping at
-        norm 10 (PoolFormer/Swin RetinaNet setups). The loss is always focal + L1."""
+        norm 10 (PoolFormer/Swin RetinaNet setups). The loss is the head's own: focal +
+        L1 (RetinaNet) or BCE + CIoU + DFL with task-aligned targets (YOLOv8)."""
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(1e-4, weight_decay=1e-4, global_clipnorm=10.0)
         kwargs.pop("loss", None)
@@ -273,7 +279,7 @@ def create_detector(backbone, num_classes, head="retinanet", input_shape=(512, 5
     Args:
         backbone: model name or a visionzoo backbone (built for a static size).
         num_classes: int.
-        head: "retinanet".
+        head: "retinanet" or "yolov8".
         input_shape: (H, W, 3) to build a named backbone for.
         weights: backbone weights tag or path (names only), e.g. "in1k".
         compile: bool. Compile with :meth:`Detector.compile`'s defaults.

@@ -24,6 +24,8 @@ The logits are bilinearly resized to the input size. The loss is cross-entropy t
 ignores ``ignore_index`` pixels; ``keras.metrics.MeanIoU`` is the default metric.
 """
 
+import difflib
+
 import keras
 from keras import ops
 
@@ -119,12 +121,21 @@ class Segmenter(RestoresCompile, keras.Model):
         aux_weight: float or None. Weight of the auxiliary FCN head's loss (UperNet's
             0.4); None: no auxiliary head.
         ignore_index: int. Mask value that takes no part in loss or metric.
+        class_names: optional list of ``num_classes`` names (kept in the saved model;
+            ``visionzoo predict --task segment`` labels its legend with them).
     """
 
     def __init__(self, backbone, num_classes, head="upernet", head_channels=None,
-                 dropout=0.1, aux_weight=None, ignore_index=255, name="segmenter", **kwargs):
+                 dropout=0.1, aux_weight=None, ignore_index=255, class_names=None,
+                 name="segmenter", **kwargs):
         if head not in HEADS:
-            raise ValueError(f"Unknown segmentation head {head!r}; choose one of {HEADS}.")
+            close = difflib.get_close_matches(str(head), HEADS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Unknown segmentation head {head!r}; choose one of "
+                             f"{HEADS}.{hint}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for "
+                             f"num_classes={num_classes}.")
         features = pyramid_levels(backbone)
         inputs = backbone.inputs[0] if isinstance(backbone.inputs, list) else backbone.inputs
         p = name  # layer-name prefix: several segmenters can share one backbone graph
@@ -155,6 +166,7 @@ class Segmenter(RestoresCompile, keras.Model):
         self.dropout = dropout
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
         self._seg_loss = SegmentationLoss(ignore_index)
 
     def compile(self, optimizer="auto", metrics="auto", **kwargs):
@@ -191,7 +203,7 @@ class Segmenter(RestoresCompile, keras.Model):
                 "num_classes": self.num_classes, "head": self.head,
                 "head_channels": self.head_channels, "dropout": self.dropout,
                 "aux_weight": self.aux_weight, "ignore_index": self.ignore_index,
-                "name": self.name}
+                "class_names": self.class_names, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
