@@ -30,6 +30,25 @@ import pytest  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PARITY_DIR = pathlib.Path(os.environ.get("VISIONZOO_PARITY_DIR", ROOT.parent / "shared" / "parity"))
 BACKEND = keras.backend.backend()
+# Full-size variants (parity of the larger models, parameter counts, CLI smoke tests)
+# are backend-independent facts: checked once, on this backend.
+FULL_BACKEND = "torch"
+
+
+def only_on_full_backend(what="full-size variants are checked"):
+    """Skip unless this is the backend that runs the full-size checks."""
+    if BACKEND != FULL_BACKEND:
+        pytest.skip(f"{what} on the {FULL_BACKEND} backend")
+
+
+def assert_timm_parity(name):
+    """``visionzoo verify timm:<name>`` passes (every reference tensor randomised)."""
+    requires_timm()
+    from visionzoo.weights.verify import verify
+
+    result = verify(f"timm:{name}", verbose=False)
+    assert result.ok, result.table()
+    return result
 
 
 def parity_fixture(name):

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import keras
 
 import visionzoo
 from visionzoo.backbones import convit
@@ -11,9 +10,9 @@ from visionzoo.layers.gpsa import relative_patch_features
 from visionzoo.registry import get_variant, list_models
 from visionzoo.weights.verify import verify
 
-from conftest import BACKEND, check_save_load_and_fit, requires_timm
+from conftest import (BACKEND, assert_timm_parity, check_save_load_and_fit,
+                     only_on_full_backend, requires_timm)
 
-FULL_BACKEND = "torch"
 
 
 def test_relative_features_equal_timm():
@@ -35,18 +34,14 @@ def test_timm_parity_tiny_every_backend():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["convit_small", "convit_base"])
 def test_timm_parity_every_variant(name):
-    if BACKEND != FULL_BACKEND:
-        pytest.skip(f"full-size variants are checked on the {FULL_BACKEND} backend")
-    requires_timm()
-    result = verify(f"timm:{name}", verbose=False)
-    assert result.ok, result.table()
+    only_on_full_backend()
+    assert_timm_parity(name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models("convit*"))
 def test_parameter_counts_and_gmacs(name):
-    if BACKEND != FULL_BACKEND:
-        pytest.skip(f"parameter counts are backend-independent; run on {FULL_BACKEND}")
+    only_on_full_backend("parameter counts are backend-independent; checked")
     requires_timm()
     import timm
 

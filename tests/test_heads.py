@@ -12,7 +12,7 @@ import visionzoo
 from visionzoo.heads import create_segmenter
 from visionzoo.heads.boxes import DetectionDecoder, decode_deltas, encode_deltas, pairwise_iou
 from visionzoo.heads.common import AdaptiveAveragePool, ResizeLike
-from visionzoo.heads.detection import Detector, create_detector
+from visionzoo.heads.detection import create_detector
 from visionzoo.heads.necks import fpn, pan
 from visionzoo.registry import FAMILY_MODULES
 from visionzoo.training.shapes import make_shapes

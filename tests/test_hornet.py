@@ -17,10 +17,9 @@ from visionzoo.weights import load_checkpoint
 from visionzoo.weights.convert import CheckpointMismatchError
 from visionzoo.weights.verify import verify
 
-from conftest import (BACKEND, check_save_load_and_fit, parity_fixture,
-                      published_count_ok, requires_timm)
+from conftest import (BACKEND, check_save_load_and_fit, only_on_full_backend, parity_fixture,
+                     published_count_ok, requires_timm)
 
-FULL_BACKEND = "torch"
 FIXTURES = ("hornet_7x7_mini", "hornet_gf_mini")
 
 
@@ -395,8 +394,7 @@ CONVERTED_1K_HEAD = {"hornet_large_7x7": "194.5", "hornet_large_gf": "196.3",
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models("hornet*"))
 def test_parameter_counts_and_gmacs(name):
-    if BACKEND != FULL_BACKEND:
-        pytest.skip(f"parameter counts are backend-independent; run on {FULL_BACKEND}")
+    only_on_full_backend("parameter counts are backend-independent; checked")
     from visionzoo.flops import count_macs
 
     v = get_variant(name)

@@ -18,9 +18,8 @@ from visionzoo.registry import get_variant, list_models
 from visionzoo.weights import load_checkpoint
 from visionzoo.weights.convert import CheckpointMismatchError
 
-from conftest import BACKEND, parity_fixture
+from conftest import BACKEND, only_on_full_backend, parity_fixture
 
-FULL_BACKEND = "torch"
 # A small config with every code path (2 stages: SAM, input fusion, encoder cross gating).
 TINY = dict(features=8, depth=2, num_stages=2, num_groups=1, num_supervision_scales=2,
             num_bottleneck_blocks=1, block_size_hr=(4, 4), grid_size_hr=(4, 4),
@@ -267,8 +266,7 @@ def test_restoration_losses_and_metrics():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models("maxim_*"))
 def test_parameter_counts_and_macs(name):
-    if BACKEND != FULL_BACKEND:
-        pytest.skip(f"parameter counts are backend-independent; run on {FULL_BACKEND}")
+    only_on_full_backend("parameter counts are backend-independent; checked")
     from visionzoo.flops import count_macs
 
     v = get_variant(name)
@@ -315,8 +313,7 @@ def test_tflite_export(tmp_path):
 
 
 def test_cli_predict_restore(tmp_path):
-    if BACKEND != FULL_BACKEND:
-        pytest.skip(f"CLI smoke test runs on {FULL_BACKEND}")
+    only_on_full_backend("CLI smoke test")
     from PIL import Image
 
     from visionzoo.cli import main

@@ -15,9 +15,9 @@ from visionzoo.weights import load_checkpoint
 from visionzoo.weights.convert import CheckpointMismatchError, model_targets
 from visionzoo.weights.verify import verify
 
-from conftest import BACKEND, check_save_load_and_fit, requires_timm
+from conftest import (BACKEND, assert_timm_parity, check_save_load_and_fit,
+                     only_on_full_backend, requires_timm)
 
-FULL_BACKEND = "torch"
 MINI = dict(embed_dim=(16, 24, 32), depth=(1, 2, 1), partial_dim=(8, 8, 12),
             qk_dim=(4, 4, 4), types=("i", "s", "s"))
 
@@ -53,18 +53,14 @@ def test_timm_parity_s1_every_backend():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shvit_s2", "shvit_s3", "shvit_s4"])
 def test_timm_parity_every_variant(name):
-    if BACKEND != FULL_BACKEND:
-        pytest.skip(f"full-size variants are checked on the {FULL_BACKEND} backend")
-    requires_timm()
-    result = verify(f"timm:{name}", verbose=False)
-    assert result.ok, result.table()
+    only_on_full_backend()
+    assert_timm_parity(name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models("shvit*"))
 def test_parameter_counts_and_gmacs(name):
-    if BACKEND != FULL_BACKEND:
-        pytest.skip(f"parameter counts are backend-independent; run on {FULL_BACKEND}")
+    only_on_full_backend("parameter counts are backend-independent; checked")
     requires_timm()
     import timm
 
@@ -165,8 +161,7 @@ def test_reparameterize_keeps_outputs_and_removes_batchnorm():
 
 def test_reparameterize_equals_timm_fuse():
     requires_timm()
-    if BACKEND != FULL_BACKEND:
-        pytest.skip(f"one backend is enough for the fused-timm comparison ({FULL_BACKEND})")
+    only_on_full_backend("one backend is enough for the fused-timm comparison")
     import timm
     import torch
 

@@ -14,9 +14,8 @@ from visionzoo.registry import get_variant, list_models
 from visionzoo.weights import load_checkpoint
 from visionzoo.weights.convert import CheckpointMismatchError
 
-from conftest import BACKEND, check_save_load_and_fit, parity_fixture
+from conftest import BACKEND, check_save_load_and_fit, only_on_full_backend, parity_fixture
 
-FULL_BACKEND = "torch"
 MINI = dict(stem_hidden_dim=8, embed_dims=(16, 24, 32, 40), num_heads=(1, 2, 2, 2),
             mlp_ratios=(2, 2, 2, 2), depths=(1, 1, 1, 1), weight_grid=16)
 
@@ -73,8 +72,7 @@ def test_checkpoint_errors_leave_the_model_unchanged():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models("svt*"))
 def test_parameter_counts(name):
-    if BACKEND != FULL_BACKEND:
-        pytest.skip(f"parameter counts are backend-independent; run on {FULL_BACKEND}")
+    only_on_full_backend("parameter counts are backend-independent; checked")
     v = get_variant(name)
     info = visionzoo.model_info(name, compute=False)
     model = visionzoo.create_model(name)
