@@ -437,48 +437,54 @@ def test_group_sampling_with_condition_images():
 
 
 def test_tflite_denoiser_step(tmp_path):
-    """One denoiser step (the 3-input model) as a builtin-only TFLite file.
-
-    ``visionzoo.export.to_tflite`` takes single-input image models only, so this goes the
-    same way by hand: a SavedModel with one endpoint, the converter with builtins only.
-    """
-    if BACKEND != "tensorflow":
-        pytest.skip("exported on the TensorFlow backend")
-    import tempfile
-
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
+    """One denoiser step (the 3-input model) through the public export path, on every
+    backend (JAX and torch convert in the TensorFlow-backend subprocess): one signature
+    input per model input with its dtype, builtin ops only, fp32 parity checked on
+    integer timesteps and labels (the null class included)."""
     from test_export import assert_builtin_only
-    from visionzoo.export import ExportReport, _inspect
+    from visionzoo.export import example_inputs, to_tflite
 
     _, meta, state = _fixture("dit_mini")
     model = dit.DiT(**dit.from_official_config(meta["config"]))
     load_checkpoint(model, state)
+    side, channels = model.inputs[0].shape[1], model.in_channels
+
+    # The default check inputs: Gaussian latents, integer steps, labels in the table.
+    x, t, y = example_inputs(model, batch=64)
+    assert x.dtype == t.dtype == np.float32 and y.dtype == np.int32
+    assert np.array_equal(t, np.round(t)) and 0 <= t.min() and t.max() < 1000
+    assert 0 <= y.min() and y.max() <= model.null_class and len(set(y.tolist())) > 5
+
+    with pytest.raises(ValueError, match="non-integer"):  # before any conversion
+        to_tflite(model, tmp_path / "bad.tflite",
+                  check_input=[x[:2], t[:2], np.array([0.5, 1.0], "float32")])
+    with pytest.raises(ValueError, match="list of 3 arrays"):
+        to_tflite(model, tmp_path / "bad.tflite", check_input=x[:2])
+    assert list(tmp_path.iterdir()) == []
+
     path = tmp_path / "dit_step.tflite"
-    with tempfile.TemporaryDirectory() as saved:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            "serving_default", lambda x, t, y: model([x, t, y], training=False),
-            input_signature=[
-                keras.InputSpec(shape=(None, 8, 8, 4), dtype="float32", name="latents"),
-                keras.InputSpec(shape=(None,), dtype="float32", name="timesteps"),
-                keras.InputSpec(shape=(None,), dtype="int32", name="labels")])
-        archive.write_out(saved, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        path.write_bytes(converter.convert())
-    info = _inspect(str(path))
-    report = ExportReport(path=str(path), size_bytes=path.stat().st_size, quantize=None,
-                          input_shape=info["input_shape"], op_names=info["op_names"])
+    xc = np.random.default_rng(1).standard_normal((2, side, side, channels)).astype("float32")
+    report = to_tflite(model, path, check_input={
+        "latents": xc, "timesteps": np.array([3, 999]), "labels": np.array([1, 10])})
+    assert report.inputs == [("latents", (None, side, side, channels), "float32"),
+                             ("timesteps", (None,), "float32"), ("labels", (None,), "int32")]
+    assert report.input_shape == (None, side, side, channels)
+    assert 0 < report.max_abs_diff <= 1e-3 * report.ref_max_abs, report.summary()
     assert_builtin_only(report, path)
+    assert "GATHER" in report.op_names  # the label table lookup
+    assert "inputs latents Bx8x8x4 float32, timesteps B float32, labels B int32" in (
+        report.summary())
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+    # Independent run at another batch size through the signature runner by name.
+    from ai_edge_litert.interpreter import Interpreter
+
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 8, 8, 4)).astype("float32")
-    t, y = np.array([3.0, 999.0], "float32"), np.array([1, 10], "int32")
+    x = rng.standard_normal((3, side, side, channels)).astype("float32")
+    t, y = np.array([0.0, 417.0, 999.0], "float32"), np.array([1, 10, 7], "int32")
     runner = Interpreter(model_path=str(path)).get_signature_runner()
-    got = list(runner(latents=x, timesteps=t, labels=y).values())[0]
+    got = runner(latents=x, timesteps=t, labels=y)
+    assert list(got) == ["output_0"]
     ref = _run(model, x, t, y)
-    diff = np.max(np.abs(got - ref))
+    diff = np.max(np.abs(got["output_0"] - ref))
     assert diff <= 1e-4 * np.max(np.abs(ref)), diff
-    print("TFLite ops:", info["op_names"], "max|diff|", diff)

@@ -319,3 +319,67 @@ def test_cli_int8_warns_and_writes(tmp_path, capsys):
     assert "random images" in captured.err and "real" in captured.err
     assert out_path.is_file()
     assert "int8 ops:" in captured.out
+
+
+# --------------------------------------------------------------------------------------
+# 5. Multi-input models (DiT's denoiser is tested in test_dit.py on every backend)
+# --------------------------------------------------------------------------------------
+
+
+def two_input_model(dynamic_second=False):
+    """Image (dynamic H/W) + integer index into a 7-row table; built from a dict."""
+    img = keras.Input((None, None, 3), name="image")
+    idx = keras.Input((None,) if dynamic_second else (), dtype="int32", name="index")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(
+        keras.layers.Conv2D(4, 3, strides=2, name="conv")(img))
+    e = keras.layers.Embedding(7, 4, name="table")(idx)
+    if dynamic_second:
+        e = keras.layers.GlobalAveragePooling1D(name="mean")(e)
+    return keras.Model({"index": idx, "image": img}, keras.layers.Add(name="add")([x, e]))
+
+
+def test_multi_input_specs_examples_and_errors(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = two_input_model()
+    img, idx = export.example_inputs(model, batch=64, input_size=(16, 16))
+    assert img.shape == (64, 16, 16, 3) and img.dtype == np.float32
+    assert idx.dtype == np.int32 and 0 <= idx.min() and idx.max() < 7  # the table's rows
+    assert len(set(idx.tolist())) >= 5
+    _, specs = export._static_model(model, (16, 16))
+    assert [(s["name"], s["shape"], s["dtype"]) for s in specs] == [
+        ("image", [16, 16, 3], "float32"), ("index", [], "int32")]
+    # Calibration data: one batch (list or dict), batches, (inputs, targets), callables.
+    batch = [img[:4], idx[:4]]
+    for data in (batch, {"image": img[:4], "index": idx[:4]},
+                 [batch, {"image": img[4:8], "index": idx[4:8]}],
+                 lambda: iter([(batch, np.zeros(4)), (batch, np.zeros(4))])):
+        rep = export._representative_inputs(data, specs)
+        assert [r.dtype for r in rep] == [np.float32, np.int32] and len(rep[0]) in (4, 8)
+    with pytest.raises(ValueError, match="non-integer"):
+        export._as_inputs([img[:2], np.array([0.5, 2.0])], specs, "check_input")
+    with pytest.raises(ValueError, match="no entry for input 'index'"):
+        export._as_inputs({"image": img[:2]}, specs, "check_input")
+    with pytest.raises(ValueError, match="different batch sizes"):
+        export._as_inputs([img[:2], idx[:3]], specs, "check_input")
+    with pytest.raises(ValueError, match="dynamic dimension"):
+        to_tflite(two_input_model(dynamic_second=True), tmp_path / "m.tflite",
+                  input_size=(16, 16))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not IN_PROCESS, reason="one more conversion; test_dit covers JAX/torch")
+def test_multi_input_export(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = two_input_model()
+    path = tmp_path / "two.tflite"
+    report = to_tflite(model, path, input_size=(16, 16))
+    assert report.inputs == [("image", (None, 16, 16, 3), "float32"),
+                             ("index", (None,), "int32")]
+    assert report.max_abs_diff <= 1e-3 * report.ref_max_abs, report.summary()
+    assert_builtin_only(report, path)
+    from ai_edge_litert.interpreter import Interpreter
+
+    img, idx = images(3, 16, seed=5), np.array([6, 0, 3], "int32")
+    got = Interpreter(model_path=str(path)).get_signature_runner()(image=img, index=idx)
+    ref = keras.ops.convert_to_numpy(model({"image": img, "index": idx}))
+    assert np.max(np.abs(got["output_0"] - ref)) <= 1e-3 * np.max(np.abs(ref))
