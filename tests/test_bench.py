@@ -81,3 +81,34 @@ def test_stats_and_child_timeout():
     # A child over its time cap is killed and reported, not raised.
     result = bench.time_timm("poolformerv2_s12", batch=1, size=32, repeats=1, timeout=0.01)
     assert "timed out" in result["error"]
+
+
+def test_benchmark_multi_input_dit():
+    """DiT's denoiser takes [latents, timesteps, labels]: the bench feeds one array per
+    input (its latent channels, not 3) and times it like any model."""
+    rows = bench.benchmark(["dit_s_8"], batch=2, size=16, repeats=1, warmup=0)
+    _check_ours(rows[0], "dit_s_8", 2, 16, 1)
+    with pytest.raises(ValueError, match="vs must be"):
+        bench.benchmark(["dit_s_8"], vs="official")
+
+
+def test_diffusers_reference_for_dit():
+    from visionzoo.registry import get_variant
+
+    config = bench.diffusers_dit_config(get_variant("dit_b_4"), 32)
+    assert config == {"num_attention_heads": 12, "attention_head_dim": 64, "in_channels": 4,
+                      "out_channels": 8, "num_layers": 12, "sample_size": 32,
+                      "patch_size": 4, "num_embeds_ada_norm": 1000}
+    assert bench.diffusers_dit_config(get_variant("poolformerv2_s12"), 224) is None
+    row = dict.fromkeys(bench.CSV_FIELDS)  # no child process for a classifier
+    bench._add_diffusers(row, get_variant("poolformerv2_s12"), 1, 32, 1, 0, 1, False, 10,
+                         False)
+    assert row["timm_model"] is None and "no counterpart" in row["timm_note"]
+    # The child process itself, on a tiny configuration (imports torch + diffusers only).
+    pytest.importorskip("diffusers")
+    tiny = dict(config, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+                sample_size=8, num_embeds_ada_norm=10)
+    result = bench.time_diffusers_dit(tiny, batch=2, repeats=2, warmup=0, timeout=300)
+    assert "error" not in result, result
+    assert _positive(result["ips"]) and result["mode"] == "eager"
+    assert result["p25"] <= result["ips"] <= result["p75"]

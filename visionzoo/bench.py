@@ -1,6 +1,7 @@
 """Inference throughput (images/s) of visionzoo models, optionally next to timm.
 
     visionzoo bench caformer_s18 poolformerv2_s12 --batch 8 --vs timm --csv bench.csv
+    visionzoo bench dit_s_2 --vs diffusers      # DiT denoiser steps/s vs diffusers
     python -m visionzoo.bench caformer_s18 --vs timm --compile     # + torch.compile timm
 
 How each side is timed (fp32, random weights, random input, CPU):
@@ -25,6 +26,17 @@ How each side is timed (fp32, random weights, random input, CPU):
   under ``torch.inference_mode()``; with ``compile=True`` a second child times
   ``torch.compile(model)`` (inductor), capped by ``compile_timeout`` seconds and
   recorded as "n/a" with the reason when it fails or times out.
+* **diffusers** (``vs="diffusers"``, DiT only): the same way, ``python -m
+  visionzoo.bench _diffusers`` times ``diffusers.DiTTransformer2DModel`` built with the
+  variant's depth, width, heads, patch size, channels and classes (random weights) on
+  the same batch: Gaussian latents NCHW, integer timesteps and class labels. The
+  figures go to the ``timm_*`` fields (``timm_model`` names diffusers).
+
+DiT and other multi-input models: ``size`` is the latent side (32 for ``dit_*``, the
+256-px setting) and the input is one array per model input
+(:func:`visionzoo.export.example_inputs`: Gaussian latents with the registered channel
+count, integer timesteps in [0, 1000) as float32, int32 labels); "img/s" is then
+denoiser evaluations (one sampling step of one image) per second.
 
 Threads: every side uses all the CPUs this process may run on by default
 (``os.sched_getaffinity``). TensorFlow and XLA (JAX) size their pools to the machine
@@ -156,10 +168,12 @@ def _time_calls(fn, repeats, warmup):
 def time_keras(name, batch, size, repeats=10, warmup=2, threads=None, seed=0):
     """Time ``visionzoo.create_model(name)`` on the active backend (see module doc).
 
+    The input is :func:`visionzoo.export.example_inputs` of the model at ``size`` (its
+    registered channel count): one NHWC batch for image models, one array per input for
+    multi-input models such as DiT (latents, timesteps, labels).
+
     Returns ``{"backend", "method", "threads", "ips", "p25", "p75", "first_call_s"}``.
     """
-    import numpy as np
-
     import keras
 
     from visionzoo.registry import create_model
@@ -191,8 +205,14 @@ def time_keras(name, batch, size, repeats=10, warmup=2, threads=None, seed=0):
         used_threads = default_threads()
         method = "predict_on_batch"
 
-    model = create_model(name, input_shape=(size, size, 3))
-    x = np.random.default_rng(seed).standard_normal((batch, size, size, 3)).astype("float32")
+    from visionzoo.export import example_inputs
+    from visionzoo.registry import get_variant
+
+    channels = get_variant(name).input_channels
+    model = create_model(name, input_shape=(size, size, channels))
+    # Image models: seeded standard-normal images. Multi-input models get one array per
+    # input (DiT: Gaussian latents, integer timesteps in [0, 1000) and class labels).
+    x = example_inputs(model, batch, seed, input_size=(size, size))
     if backend == "torch":
         with torch.inference_mode():
             first, times = _time_calls(lambda: model.predict_on_batch(x), repeats, warmup)
@@ -261,6 +281,11 @@ def time_timm(timm_name, batch, size, repeats=10, warmup=2, threads=None, compil
            "--warmup", str(warmup), "--threads", str(threads or default_threads())]
     if compile:
         cmd.append("--compile")
+    return _run_child(cmd, timeout)
+
+
+def _run_child(cmd, timeout):
+    """Run a timing child; its last JSON stdout line, or ``{"error": reason}``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -278,6 +303,83 @@ def time_timm(timm_name, batch, size, repeats=10, warmup=2, threads=None, compil
 
 
 # --------------------------------------------------------------------------------------
+# diffusers side, for DiT (child process: torch world only)
+# --------------------------------------------------------------------------------------
+
+DIFFUSERS_DIT = "diffusers.DiTTransformer2DModel"
+
+
+def diffusers_dit_config(variant, size):
+    """``DiTTransformer2DModel`` constructor arguments for a registered DiT variant at
+    latent side ``size`` (same depth, width, heads, patch, channels and classes), or
+    None for other families."""
+    if not variant.family.endswith(".dit"):
+        return None
+    c = variant.config
+    channels = c.get("in_channels", 4)
+    return {"num_attention_heads": c["num_heads"],
+            "attention_head_dim": c["hidden_size"] // c["num_heads"],
+            "in_channels": channels,
+            "out_channels": 2 * channels if c.get("learn_sigma", True) else channels,
+            "num_layers": c["depth"], "sample_size": int(size),
+            "patch_size": c["patch_size"],
+            "num_embeds_ada_norm": c.get("num_classes", 1000)}
+
+
+def _diffusers_worker(argv):
+    """``python -m visionzoo.bench _diffusers CONFIG_JSON --batch B ...``: print JSON.
+
+    Imports only torch and diffusers; times ``DiTTransformer2DModel(**config)`` (random
+    weights) on Gaussian latents ``(B, C, S, S)``, integer timesteps in [0, 1000) and
+    labels in [0, classes), eager or ``torch.compile``, under ``torch.inference_mode()``.
+    """
+    p = argparse.ArgumentParser(prog="python -m visionzoo.bench _diffusers")
+    p.add_argument("config", help="JSON of DiTTransformer2DModel arguments")
+    p.add_argument("--batch", type=int, required=True)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+    from diffusers import DiTTransformer2DModel
+
+    torch.set_num_threads(args.threads or default_threads())
+    config = json.loads(args.config)
+    model = DiTTransformer2DModel(**config).eval()
+    gen = torch.Generator().manual_seed(0)
+    side = config["sample_size"]
+    x = torch.randn(args.batch, config["in_channels"], side, side, generator=gen)
+    t = torch.randint(0, 1000, (args.batch,), generator=gen)
+    y = torch.randint(0, config["num_embeds_ada_norm"], (args.batch,), generator=gen)
+    mode = "eager"
+    forward = model
+    if args.compile:
+        forward = torch.compile(model)
+        mode = "torch.compile"
+    with torch.inference_mode():
+        first, times = _time_calls(
+            lambda: forward(x, timestep=t, class_labels=y).sample, args.repeats, args.warmup)
+    result = {"mode": mode, "threads": torch.get_num_threads(), "first_call_s": first,
+              **throughput_stats(times, args.batch)}
+    print(json.dumps(result))
+    return 0
+
+
+def time_diffusers_dit(config, batch, repeats=10, warmup=2, threads=None, compile=False,
+                       timeout=None):
+    """Time diffusers' ``DiTTransformer2DModel(**config)`` in a child process (see
+    :func:`time_timm` for the result)."""
+    cmd = [sys.executable, "-m", "visionzoo.bench", "_diffusers", json.dumps(config),
+           "--batch", str(batch), "--repeats", str(repeats), "--warmup", str(warmup),
+           "--threads", str(threads or default_threads())]
+    if compile:
+        cmd.append("--compile")
+    return _run_child(cmd, timeout)
+
+
+# --------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------
 
@@ -291,9 +393,13 @@ def benchmark(names, batch=8, size=None, repeats=10, vs=None, compile=False, thr
         batch: int. Images per call.
         size: int or None. Input side; None = each model's default size.
         repeats: int. Timed calls; the row reports their median and p25/p75.
-        vs: None or "timm". Also time timm's implementation (where one exists) on the
-            same batch and size, in a child process, after ours.
-        compile: bool. With ``vs="timm"``, also time ``torch.compile`` of the timm model
+        vs: None, "timm" or "diffusers". Also time the reference implementation on the
+            same batch and size, in a child process, after ours: timm's model (where
+            the registry names one), or for DiT diffusers' ``DiTTransformer2DModel``
+            with the variant's configuration (random weights; the ``timm_*`` fields
+            then hold diffusers' figures and ``timm_model`` is
+            ``"diffusers.DiTTransformer2DModel"``).
+        compile: bool. With ``vs``, also time ``torch.compile`` of the reference model
             (costs a compilation per model; "n/a" when it fails).
         threads: int or None. Thread count (default: all usable CPUs).
         warmup: int. Untimed calls after the first one.
@@ -309,8 +415,8 @@ def benchmark(names, batch=8, size=None, repeats=10, vs=None, compile=False, thr
 
     if isinstance(names, str):
         names = [names]
-    if vs not in (None, "timm"):
-        raise ValueError(f"vs must be None or 'timm', got {vs!r}.")
+    if vs not in (None, "timm", "diffusers"):
+        raise ValueError(f"vs must be None, 'timm' or 'diffusers', got {vs!r}.")
     if batch < 1 or repeats < 1:
         raise ValueError("batch and repeats must be >= 1.")
     variants = [get_variant(n) for n in names]  # unknown names fail before any timing
@@ -334,6 +440,9 @@ def benchmark(names, batch=8, size=None, repeats=10, vs=None, compile=False, thr
         if vs == "timm":
             _add_timm(row, v, batch, side, repeats, warmup, threads, compile,
                       compile_timeout, verbose)
+        elif vs == "diffusers":
+            _add_diffusers(row, v, batch, side, repeats, warmup, threads, compile,
+                           compile_timeout, verbose)
         rows.append(row)
     return rows
 
@@ -369,6 +478,40 @@ def _add_timm(row, variant, batch, size, repeats, warmup, threads, compile, time
     row["timm_note"] = "; ".join(notes)
 
 
+def _add_diffusers(row, variant, batch, size, repeats, warmup, threads, compile, timeout,
+                   verbose):
+    config = diffusers_dit_config(variant, size)
+    if config is None:
+        row["timm_note"] = "diffusers has no counterpart"
+        return
+    notes = [f"reference: diffusers {_version('diffusers')} DiTTransformer2DModel, same "
+             "configuration, random weights"]
+    row["timm_model"] = DIFFUSERS_DIT
+    if verbose:
+        _log(f"{variant.name}: {DIFFUSERS_DIT} eager")
+    eager = time_diffusers_dit(config, batch, repeats, warmup, threads)
+    if "error" in eager:
+        notes.append(f"eager failed: {eager['error']}")
+    else:
+        row.update(timm_eager_ips=eager["ips"], timm_eager_p25=eager["p25"],
+                   timm_eager_p75=eager["p75"], ratio_eager=row["ours_ips"] / eager["ips"])
+    if compile:
+        if verbose:
+            _log(f"{variant.name}: {DIFFUSERS_DIT} torch.compile (cap {timeout:.0f} s)")
+        comp = time_diffusers_dit(config, batch, repeats, warmup, threads, compile=True,
+                                  timeout=timeout)
+        if "error" in comp:
+            notes.append(f"compile n/a: {comp['error']}")
+        else:
+            row.update(timm_compile_ips=comp["ips"], timm_compile_p25=comp["p25"],
+                       timm_compile_p75=comp["p75"],
+                       timm_compile_first_call_s=comp["first_call_s"],
+                       ratio_compile=row["ours_ips"] / comp["ips"])
+    else:
+        notes.append("compile not run")
+    row["timm_note"] = "; ".join(notes)
+
+
 def _log(message):
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -387,21 +530,24 @@ def format_table(rows):
     if not rows:
         return "(no results)"
     r0 = rows[0]
+    diffusers = any(r["timm_model"] == DIFFUSERS_DIT for r in rows)
     head = [f"machine: {r0['cpu']}, {r0['cores']} CPUs, {r0['threads']} threads, "
             f"load {r0['load1']} at start",
             f"versions: python {r0['python']}, keras {r0['keras']}, "
             + ("" if r0["backend"] == "torch" else f"{r0['backend']} {r0['backend_version']}, ")
             + f"torch {r0['torch']}, timm {r0['timm']}",
             f"date: {r0['date']}; ours timed with {r0['method']}",
-            "img/s = median over timed calls [p25-p75]; ratio = ours / timm"]
+            "img/s = median over timed calls [p25-p75]; ratio = ours / "
+            + ("reference (timm, or diffusers for DiT)" if diffusers else "timm")]
     loads = [r["load1"] for r in rows if r["load1"] is not None]
     # The load includes this benchmark's own threads (up to one per CPU), hence + 0.5.
     if loads and r0["cores"] and max(loads) > r0["cores"] + 0.5:
         head.append(f"WARNING: load average up to {max(loads):.1f} on {r0['cores']} CPUs: "
                     "the machine was busy; torch (timm and the torch backend) slows "
                     "down sharply under contention")
-    cols = ("model", "backend", "batch", "size", "ours img/s", "timm eager",
-            "timm compile", "ratio eager", "ratio compile")
+    ref = "ref" if diffusers else "timm"
+    cols = ("model", "backend", "batch", "size", "ours img/s", f"{ref} eager",
+            f"{ref} compile", "ratio eager", "ratio compile")
     body = []
     for r in rows:
         ours = f"{_num(r['ours_ips'])} [{_num(r['ours_p25'])}-{_num(r['ours_p75'])}]"
@@ -473,10 +619,11 @@ def build_parser():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=None, help="input side (default: model's)")
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--vs", default=None, choices=["timm"])
+    p.add_argument("--vs", default=None, choices=["timm", "diffusers"],
+                   help="also time the reference: timm, or diffusers for DiT")
     p.add_argument("--csv", default=None, help="append results to this CSV")
     p.add_argument("--compile", action="store_true",
-                   help="with --vs timm, also time torch.compile (slow to compile)")
+                   help="with --vs, also time torch.compile of it (slow to compile)")
     p.add_argument("--compile-timeout", type=float, default=900,
                    help="seconds allowed for each torch.compile run")
     p.add_argument("--threads", type=int, default=None, help="default: all usable CPUs")
@@ -488,6 +635,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "_timm":
         return _timm_worker(argv[1:])
+    if argv and argv[0] == "_diffusers":
+        return _diffusers_worker(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return bench_cli(args)
