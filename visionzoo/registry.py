@@ -19,6 +19,7 @@ FAMILY_MODULES = (
     "visionzoo.backbones.iformer",
     "visionzoo.backbones.hornet",
     "visionzoo.backbones.maxim",
+    "visionzoo.backbones.flatformer",
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
