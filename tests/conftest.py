@@ -8,6 +8,13 @@ interpreter (seen as exit 139). Keras is imported after them.
 import os
 import pathlib
 
+# Tests compile hundreds of small XLA programs and run each a few times: skipping LLVM's
+# optimisation passes halves the JAX run (compilation dominates it). Results are the
+# same; only run time per program grows, which tests don't measure.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
+
 try:  # reference implementations first (see the module docstring)
     import torch  # noqa: F401
     import torchvision  # noqa: F401

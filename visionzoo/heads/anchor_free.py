@@ -6,8 +6,10 @@ Written from the papers with the canonical hyper-parameters: per level (strides 
 32) a box branch ``2 x (3x3 conv-BN-SiLU, c2) -> 1x1 conv (4 * reg_max)`` and a class
 branch ``2 x (3x3 conv-BN-SiLU, c3) -> 1x1 conv (num_classes)`` with ``c2 = max(16,
 C/4, 4 reg_max)``, ``c3 = max(C, min(num_classes, 100))``, ``reg_max = 16``; box bias
-1.0 and class bias ``log(5 / num_classes / (image / stride)^2)`` (five objects expected
-per image). Each side of a box is a distance from the cell centre in stride units,
+1.0 and class prior probability ``5 / num_classes / (image / stride)^2`` (five objects
+expected per image), capped at RetinaNet's 0.01: on small images the coarse levels
+have so few cells that the uncapped prior (0.3 on a 64 px image's stride-32 level)
+makes the negatives' loss dominate the first hundred steps. Each side of a box is a distance from the cell centre in stride units,
 predicted as a softmax over ``reg_max`` bins whose expectation is the distance.
 
 Assignment (TAL): a point is a candidate for a ground truth when it lies inside the box;
@@ -68,7 +70,8 @@ def yolo_head(features, num_classes, image_size, reg_max=REG_MAX, name="head"):
         c = x
         for i in range(2):
             c = conv_module(c, c3, 3, f"{name}-cls{lvl}-conv{i}", activation="silu")
-        prior = math.log(5.0 / num_classes / max(cells, 1.0))
+        p = min(5.0 / num_classes / max(cells, 1.0), 0.01)
+        prior = -math.log((1 - p) / p)
         c = keras.layers.Conv2D(num_classes, 1, name=f"{name}-cls{lvl}-out",
                                 bias_initializer=keras.initializers.Constant(prior))(c)
         boxes.append(keras.layers.Reshape((-1, 4 * reg_max), name=f"{name}-box{lvl}-flat")(b))
@@ -90,6 +93,8 @@ def dfl_distances(logits, reg_max=REG_MAX):
 
 def distances_to_boxes(points, strides, distances):
     """l, t, r, b (stride units) at ``points`` -> xyxy pixels."""
+    points = ops.convert_to_tensor(points, "float32")
+    strides = ops.convert_to_tensor(strides, "float32")
     d = distances * strides[..., None]
     return ops.concatenate([points - d[..., :2], points + d[..., 2:]], -1)
 
@@ -110,6 +115,9 @@ def task_aligned_assign(scores, pred_boxes, points, gt_boxes, gt_labels, num_cla
     """
     scores = ops.stop_gradient(ops.cast(scores, "float32"))
     pred_boxes = ops.stop_gradient(ops.cast(pred_boxes, "float32"))
+    points = ops.convert_to_tensor(points, "float32")
+    gt_boxes = ops.convert_to_tensor(gt_boxes, "float32")
+    gt_labels = ops.convert_to_tensor(gt_labels, "int32")
     valid = gt_labels >= 0  # (B, M)
     num_points = ops.shape(points)[0]
     # Points strictly inside each box: (B, M, A).
@@ -168,14 +176,30 @@ def distribution_focal_loss(logits, targets, reg_max=REG_MAX):
 def yolo_loss(logits, box_logits, points, strides, gt_boxes, gt_labels, num_classes,
               reg_max=REG_MAX, weights=None, return_parts=False):
     """BCE + CIoU + DFL with task-aligned targets (see the module docstring)."""
-    weights = dict(LOSS_WEIGHTS, **(weights or {}))
     logits = ops.cast(logits, "float32")
     box_logits = ops.cast(box_logits, "float32")
     points = ops.convert_to_tensor(points)
     strides = ops.convert_to_tensor(strides)
     pred_boxes = distances_to_boxes(points, strides, dfl_distances(box_logits, reg_max))
-    target_scores, target_boxes, foreground = task_aligned_assign(
-        ops.sigmoid(logits), pred_boxes, points, gt_boxes, gt_labels, num_classes)
+    targets = task_aligned_assign(ops.sigmoid(logits), pred_boxes, points, gt_boxes,
+                                  gt_labels, num_classes)
+    return yolo_loss_from_targets(logits, box_logits, points, strides, *targets,
+                                  reg_max=reg_max, weights=weights,
+                                  return_parts=return_parts)
+
+
+def yolo_loss_from_targets(logits, box_logits, points, strides, target_scores,
+                           target_boxes, foreground, reg_max=REG_MAX, weights=None,
+                           return_parts=False):
+    """The loss for given targets (``task_aligned_assign``'s outputs, or any other
+    assigner's): class BCE against the soft ``target_scores``, and CIoU and DFL on the
+    foreground points weighted by their target score, all over ``sum(target_scores)``."""
+    weights = dict(LOSS_WEIGHTS, **(weights or {}))
+    logits = ops.cast(logits, "float32")
+    box_logits = ops.cast(box_logits, "float32")
+    points = ops.convert_to_tensor(points, "float32")
+    strides = ops.convert_to_tensor(strides, "float32")
+    pred_boxes = distances_to_boxes(points, strides, dfl_distances(box_logits, reg_max))
     total = ops.maximum(ops.sum(target_scores), 1.0)
     bce = (ops.maximum(logits, 0) - logits * target_scores
            + ops.log1p(ops.exp(-ops.abs(logits))))

@@ -73,7 +73,7 @@ def _retina_subnet(features, convs, head_conv, outputs_per_anchor, name):
     return keras.layers.Concatenate(axis=1, name=f"{name}-concat")(flat)
 
 
-def _retinanet_head(neck, num_classes, channels, anchors_per_loc=9):
+def _retinanet_head(neck, num_classes, channels, anchors_per_loc=9, name=""):
     """The two RetinaNet subnets on every level -> (class logits, box deltas)."""
 
     def tower(prefix):
@@ -82,14 +82,15 @@ def _retinanet_head(neck, num_classes, channels, anchors_per_loc=9):
 
     prior = -math.log((1 - 0.01) / 0.01)
     cls_out = keras.layers.Conv2D(
-        anchors_per_loc * num_classes, 3, padding="same", name="cls_head-out",
+        anchors_per_loc * num_classes, 3, padding="same", name=f"{name}cls_head-out",
         bias_initializer=keras.initializers.Constant(prior),
         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
     box_out = keras.layers.Conv2D(
-        anchors_per_loc * 4, 3, padding="same", name="box_head-out",
+        anchors_per_loc * 4, 3, padding="same", name=f"{name}box_head-out",
         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
-    classes = _retina_subnet(neck, tower("cls_head"), cls_out, num_classes, "cls_head")
-    boxes = _retina_subnet(neck, tower("box_head"), box_out, 4, "box_head")
+    classes = _retina_subnet(neck, tower(f"{name}cls_head"), cls_out, num_classes,
+                             f"{name}cls_head")
+    boxes = _retina_subnet(neck, tower(f"{name}box_head"), box_out, 4, f"{name}box_head")
     return classes, boxes
 
 
@@ -137,19 +138,20 @@ class Detector(RestoresCompile, keras.Model):
         features = pyramid_levels(backbone)
         inputs = backbone.inputs[0] if isinstance(backbone.inputs, list) else backbone.inputs
         image_size = tuple(inputs.shape[1:3])
+        p = name  # layer-name prefix: several detectors can share one backbone graph
         chosen = [lvl for lvl in features if lvl >= 3][:3] or list(features)[-3:]
         if head == "retinanet":
             neck = fpn({lvl: features[lvl] for lvl in chosen}, fpn_channels,
-                       extra_levels=max(2, 5 - len(chosen)), name="neck")
-            classes, boxes = _retinanet_head(neck, num_classes, fpn_channels)
+                       extra_levels=max(2, 5 - len(chosen)), name=f"{p}-neck")
+            classes, boxes = _retinanet_head(neck, num_classes, fpn_channels, name=f"{p}-")
         else:
             neck = pan({lvl: features[lvl] for lvl in chosen}, fpn_channels,
-                       activation="silu", name="neck")
-            classes, boxes = yolo_head(neck, num_classes, image_size, name="head")
+                       activation="silu", name=f"{p}-neck")
+            classes, boxes = yolo_head(neck, num_classes, image_size, name=f"{p}-head")
         outputs = {"classes": keras.layers.Activation("linear", dtype="float32",
-                                                      name="classes")(classes),
+                                                      name=f"{p}-classes")(classes),
                    "boxes": keras.layers.Activation("linear", dtype="float32",
-                                                    name="boxes")(boxes)}
+                                                    name=f"{p}-boxes")(boxes)}
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self.backbone = backbone
         self.num_classes = num_classes
