@@ -35,7 +35,7 @@ from keras import ops
 from visionzoo.backbones.base import ZooBackbone
 from visionzoo.layers.activations import GELU
 from visionzoo.layers.norms import LayerNorm
-from visionzoo.layers.voxel import BEVScatter, batched_take
+from visionzoo.layers.voxel import BEVScatter, PillarVoxelizer, PointFeatureNet, batched_take
 
 ORDERINGS = ("x", "x_shift", "y", "y_shift")
 
@@ -325,6 +325,13 @@ class FlatFormerLayer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
 
+    def matmul_macs(self, input_shape):
+        """Attention products per sample (q k^T and attn v over every group slot); the
+        Dense layers are counted by ``count_macs`` at the voxel budget."""
+        v, c = input_shape[1], input_shape[-1]
+        slots = -(-v // self.group_size) * self.group_size
+        return 2 * slots * self.group_size * c
+
     def get_config(self):
         config = super().get_config()
         config.update(num_heads=self.num_heads, group_size=self.group_size,
@@ -421,6 +428,177 @@ class FlatFormer(ZooBackbone):
 
 
 # --------------------------------------------------------------------------------------
+# Detector: points -> pillars -> point features -> FlatFormer -> BEV -> centre head
+# (the official DynamicCenterPoint pipeline in compact form; the 2-D BEV backbone and the
+# head are small stand-ins for SECOND + SECONDFPN + CenterHead, not ports of them).
+# --------------------------------------------------------------------------------------
+
+
+def _conv_bn_relu(x, filters, stride, name):
+    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                            name=f"{name}-conv")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.99, name=f"{name}-bn")(x)
+    return keras.layers.ReLU(name=f"{name}-relu")(x)
+
+
+@keras.saving.register_keras_serializable(package="visionzoo")
+class FlatFormerDetector(keras.Model):
+    """A BEV 3-D detector on a fixed point and voxel budget.
+
+    Inputs (a dict): ``points`` (B, P, F) float (x y z first), ``point_mask`` (B, P)
+    bool. Outputs (a dict): ``heatmap`` (B, ny, nx, num_classes) logits and
+    ``regression`` (B, ny, nx, 8) = ``dx, dy, z, log l, log w, log h, sin yaw, cos yaw``
+    per BEV cell (stride 1: one pillar per cell). :func:`center_losses` trains it,
+    :func:`decode_centers` turns the outputs into boxes.
+
+    Pipeline: :class:`~visionzoo.layers.voxel.PillarVoxelizer` ->
+    :class:`~visionzoo.layers.voxel.PointFeatureNet` (``pts_voxel_encoder``) ->
+    :class:`FlatFormer` (``middle_encoder``) -> two-scale conv BEV backbone (stride 1
+    and 2, the stride-2 branch upsampled by a transposed conv and concatenated) ->
+    shared 3x3 conv -> heatmap and regression branches (3x3 conv + ReLU + 1x1 conv; the
+    heatmap bias starts at -2.19, prior 0.1, as CenterPoint).
+
+    Args:
+        num_classes: int.
+        point_cloud_range, voxel_size: pillar grid (``voxel_size[2]`` spans the range).
+        max_voxels: int. Voxel budget per sample.
+        point_features: int. F.
+        feat_channels: point-feature widths; the last is the encoder width.
+        num_heads, num_blocks, window_shape, group_size, activation: the encoder.
+        bev_channels: int. Width of the BEV backbone and head.
+    """
+
+    def __init__(self, num_classes=2, point_cloud_range=(-8.0, -8.0, -1.0, 8.0, 8.0, 3.0),
+                 voxel_size=(0.5, 0.5, 4.0), max_voxels=256, point_features=4,
+                 feat_channels=(16, 16), num_heads=2, num_blocks=1, window_shape=(8, 8, 1),
+                 group_size=16, activation="gelu", bev_channels=32, name="flatformer_det",
+                 **kwargs):
+        voxelizer = PillarVoxelizer(point_cloud_range, voxel_size, max_voxels,
+                                    name="voxelizer")
+        ny, nx = voxelizer.grid_shape
+        if ny % 2 or nx % 2:
+            raise ValueError(f"The BEV grid must have even sides, got {ny}x{nx}.")
+        points = keras.Input(shape=(None, point_features), name="points")
+        point_mask = keras.Input(shape=(None,), dtype="bool", name="point_mask")
+        vox = voxelizer(points, point_mask)
+        feats = PointFeatureNet(feat_channels, point_cloud_range, voxel_size,
+                                name="pts_voxel_encoder")(points, vox)
+        encoder = FlatFormer(in_channels=feat_channels[-1], num_heads=num_heads,
+                             num_blocks=num_blocks, activation=activation,
+                             window_shape=window_shape, sparse_shape=(nx, ny, 1),
+                             output_shape=(ny, nx), group_size=group_size,
+                             max_voxels=max_voxels, name="middle_encoder")
+        bev = encoder({"voxels": feats, "coords": vox["voxel_coords"],
+                       "mask": vox["voxel_mask"]})["bev"]
+        c = bev_channels
+        s1 = _conv_bn_relu(_conv_bn_relu(bev, c, 1, "backbone-0-0"), c, 1, "backbone-0-1")
+        s2 = _conv_bn_relu(_conv_bn_relu(s1, 2 * c, 2, "backbone-1-0"), 2 * c, 1,
+                           "backbone-1-1")
+        up = keras.layers.Conv2DTranspose(c, 2, strides=2, use_bias=False,
+                                          name="neck-up-conv")(s2)
+        up = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.99,
+                                             name="neck-up-bn")(up)
+        up = keras.layers.ReLU(name="neck-up-relu")(up)
+        x = keras.layers.Concatenate(name="neck-concat")([s1, up])
+        x = _conv_bn_relu(x, c, 1, "head-shared")
+        outputs = {}
+        for branch, width, bias in (("heatmap", num_classes, -2.19), ("regression", 8, 0.0)):
+            h = keras.layers.Conv2D(c, 3, padding="same", name=f"head-{branch}-0")(x)
+            h = keras.layers.ReLU(name=f"head-{branch}-relu")(h)
+            outputs[branch] = keras.layers.Conv2D(
+                width, 1, bias_initializer=keras.initializers.Constant(bias),
+                name=branch, dtype="float32")(h)
+        super().__init__(inputs={"points": points, "point_mask": point_mask},
+                         outputs=outputs, name=name, **kwargs)
+        self.num_classes = num_classes
+        self.point_cloud_range = tuple(point_cloud_range)
+        self.voxel_size = tuple(voxel_size)
+        self.max_voxels = max_voxels
+        self.point_features = point_features
+        self.feat_channels = tuple(feat_channels)
+        self.num_heads = num_heads
+        self.num_blocks = num_blocks
+        self.window_shape = tuple(window_shape)
+        self.group_size = group_size
+        self.activation = activation
+        self.bev_channels = bev_channels
+        self.grid_shape = (ny, nx)
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "num_classes": self.num_classes,
+                "point_cloud_range": list(self.point_cloud_range),
+                "voxel_size": list(self.voxel_size), "max_voxels": self.max_voxels,
+                "point_features": self.point_features,
+                "feat_channels": list(self.feat_channels), "num_heads": self.num_heads,
+                "num_blocks": self.num_blocks, "window_shape": list(self.window_shape),
+                "group_size": self.group_size, "activation": self.activation,
+                "bev_channels": self.bev_channels}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def center_heatmap_loss(y_true, y_pred):
+    """CenterNet/CenterPoint penalty-reduced focal loss on heatmap logits, per sample,
+    normalised by the sample's number of centres (at least 1)."""
+    y_true = ops.cast(y_true, "float32")
+    p = ops.clip(ops.sigmoid(ops.cast(y_pred, "float32")), 1e-4, 1 - 1e-4)
+    pos = ops.cast(y_true >= 1.0 - 1e-6, "float32")
+    pos_term = ops.log(p) * ops.square(1 - p) * pos
+    neg_term = ops.log(1 - p) * ops.square(p) * ops.power(1 - y_true, 4) * (1 - pos)
+    axes = (1, 2, 3)
+    num_pos = ops.maximum(ops.sum(pos, axis=axes), 1.0)
+    return -ops.sum(pos_term + neg_term, axis=axes) / num_pos
+
+
+def center_regression_loss(y_true, y_pred):
+    """L1 on the 8 regression channels at centre cells (``y_true[..., 8]`` = weight),
+    per sample, normalised by the number of centres."""
+    y_true = ops.cast(y_true, "float32")
+    weight = y_true[..., 8:]
+    err = ops.abs(ops.cast(y_pred, "float32") - y_true[..., :8]) * weight
+    return ops.sum(err, axis=(1, 2, 3)) / ops.maximum(ops.sum(weight, axis=(1, 2, 3)), 1.0)
+
+
+def center_losses():
+    """``loss`` and ``loss_weights`` for ``FlatFormerDetector.compile`` (targets from
+    :func:`visionzoo.training.scenes.center_targets`; regression weight 0.25 as
+    CenterPoint)."""
+    return ({"heatmap": center_heatmap_loss, "regression": center_regression_loss},
+            {"heatmap": 1.0, "regression": 0.25})
+
+
+def decode_centers(heatmap, regression, point_cloud_range, voxel_size, max_detections=50):
+    """Detector outputs -> ``boxes`` (B, K, 7) ``x y z l w h yaw``, ``scores`` (B, K) and
+    ``labels`` (B, K) int32 for the ``K = max_detections`` best centres.
+
+    Peaks are cells equal to their 3x3 max (CenterPoint's max-pool NMS); the best are
+    picked by ``top_k`` over cells x classes (no float argmax).
+    """
+    r, s = point_cloud_range, voxel_size
+    heat = ops.sigmoid(ops.cast(heatmap, "float32"))
+    pooled = ops.max_pool(heat, 3, strides=1, padding="same")
+    heat = ops.where(ops.equal(heat, pooled), heat, 0.0)
+    shape = ops.shape(heat)
+    batch, nx, k = shape[0], heat.shape[2], heat.shape[3]
+    scores, index = ops.top_k(ops.reshape(heat, (batch, -1)), max_detections)
+    index = ops.cast(index, "int32")
+    labels = index % k
+    cell = index // k
+    iy, ix = cell // nx, cell % nx
+    reg = batched_take(ops.reshape(ops.cast(regression, "float32"), (batch, -1, 8)), cell)
+    x = (ops.cast(ix, "float32") + reg[..., 0]) * s[0] + r[0]
+    y = (ops.cast(iy, "float32") + reg[..., 1]) * s[1] + r[1]
+    size = ops.exp(ops.clip(reg[..., 3:6], -5.0, 5.0))
+    yaw = ops.arctan2(reg[..., 6], reg[..., 7])
+    boxes = ops.concatenate([ops.stack([x, y, reg[..., 2]], -1), size,
+                             ops.expand_dims(yaw, -1)], -1)
+    return {"boxes": boxes, "scores": scores, "labels": labels}
+
+
+# --------------------------------------------------------------------------------------
 # Variant table (data)
 # --------------------------------------------------------------------------------------
 
@@ -429,12 +607,13 @@ _CODE = ("https://github.com/mit-han-lab/flatformer/blob/main/mmdet3d/models/"
 # configs/flatformer/flatformer_waymo_D{1,5}_*.py: pillars of 0.32 x 0.32 x 6 m over
 # +-74.88 m (468 x 468 x 1), C = 128, 8 heads, 2 blocks, 13 x 13 windows, groups of 144.
 # Waymo validation mAP/mAPH (L1, L2) from the official README by number of frames. No
-# weights are released (Waymo licence).
+# weights are released (Waymo licence). ``max_voxels`` is our default budget for the
+# static graph (the official code has none; override with ``max_voxels=``).
 _TABLE = {
     "flatformer_waymo": dict(in_channels=128, num_heads=8, num_blocks=2, activation="gelu",
                              window_shape=[13, 13, 1], sparse_shape=[468, 468, 1],
                              output_shape=[468, 468], pos_temperature=10000,
-                             normalize_pos=False, group_size=144),
+                             normalize_pos=False, group_size=144, max_voxels=32768),
 }
 _PUBLISHED = {"waymo_val_l1_map_maph": {"1f": (76.1, 73.4), "2f": (78.9, 77.3),
                                         "3f": (79.6, 78.0)},
