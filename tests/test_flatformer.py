@@ -372,3 +372,19 @@ def test_decode_centers_recovers_target_boxes():
             np.testing.assert_allclose(boxes[i, j, :6], box[:6], atol=1e-4)
             d_yaw = (boxes[i, j, 6] - box[6] + np.pi) % (2 * np.pi) - np.pi
             assert abs(d_yaw) < 1e-4 and labels[i, j] == label
+
+
+def test_encoder_exports_to_tflite_with_builtin_ops(tmp_path):
+    if BACKEND != "tensorflow":
+        pytest.skip("TFLite conversion is checked on the tensorflow backend (other "
+                    "backends hand the model to a TensorFlow subprocess: same file, slower)")
+    pytest.importorskip("ai_edge_litert")
+    from visionzoo.export import to_tflite
+
+    rng = np.random.default_rng(4)
+    model = ff.FlatFormer(**MINI, max_voxels=32)
+    voxels, coords, mask = _mini_inputs(rng, v=32)
+    report = to_tflite(model, str(tmp_path / "ff.tflite"),
+                       check_input={"voxels": voxels, "coords": coords, "mask": mask})
+    assert report.max_abs_diff <= 1e-4 * report.ref_max_abs
+    assert {"TOPK_V2", "GATHER", "SCATTER_ND"} <= set(report.op_names)
