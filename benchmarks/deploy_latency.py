@@ -19,20 +19,14 @@ import datetime
 import os
 import platform
 import tempfile
-import time
 
 import numpy as np
 
 
 def _median_ms(fn, repeats, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    from visionzoo.bench import _time_calls  # the timing loop `visionzoo bench` uses
+
+    return 1000 * float(np.median(_time_calls(fn, repeats, warmup)[1]))
 
 
 def _randomize_bn(model, seed=0):
