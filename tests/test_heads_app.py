@@ -33,7 +33,7 @@ def models():
                           pre_nms_topk=200, max_detections=MAX_DET)
     # An untrained head scores every anchor ~0.01: spread the scores so that some boxes
     # pass the threshold and some rows stay padding.
-    layer = det.get_layer("cls_head-out")
+    layer = next(l for l in det.layers if l.name.endswith("cls_head-out"))
     kernel, bias = layer.get_weights()
     layer.set_weights([kernel * 40, bias * 0])
     seg = create_segmenter(backbone, num_classes=4, head="fpn", head_channels=8)
@@ -187,7 +187,7 @@ def saved_models(tmp_path_factory, models):
     folder = tmp_path_factory.mktemp("head_models")
     det.save(folder / "det.keras")
     # Favour class 2 so that the untrained segmenter paints something to see.
-    cls = seg.get_layer("segmenter-decode_head-cls")
+    cls = next(l for l in seg.layers if l.name.endswith("decode_head-cls"))
     kernel, bias = cls.get_weights()
     cls.set_weights([kernel * 0, np.array([0, 0, 5, 0], np.float32)])
     seg.save(folder / "seg.keras")
@@ -286,3 +286,33 @@ def test_backbone_as_keras_hub_retinanet_image_encoder():
     assert np.isfinite(history.history["loss"]).all()
     out = detector.predict(x, verbose=0)
     assert out["boxes"].shape[:2] == (2, 100)
+
+
+# --------------------------------------------------------------------------------------
+# The shapes example, at toy size (its plumbing; the real run is measured in its doc)
+# --------------------------------------------------------------------------------------
+
+
+def test_shapes_example_smoke(tmp_path):
+    pytest.importorskip("pycocotools")
+    from conftest import ROOT, only_on_full_backend
+
+    only_on_full_backend("the example's toy run is checked")
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "shapes_detect_segment", ROOT / "examples" / "shapes_detect_segment.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main(["--train", "8", "--test", "4", "--size", "64", "--epochs", "1",
+                            "--seg-epochs", "1", "--batch", "4", "--dims", "8,8,8,8",
+                            "--head-channels", "8", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["detector"]["map_50"] == results["detector"]["map_50"]
+    assert 0.0 <= saved["detector"]["map_50"] <= 1.0
+    assert 0.0 <= saved["segmenter"]["mean_iou"] <= 1.0
+    for name in ("detector.keras", "segmenter.keras", "sample.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    grid = cv2.imread(str(tmp_path / "predictions.png"))
+    assert grid.shape == (4 * 128 + 3 * 4, 3 * 128 + 2 * 4, 3)  # 4 rows of 3 panels, 2x
