@@ -29,9 +29,10 @@ time in all. Ellipses are the segmenter's weakest class (parts of them come out 
 rectangles).
 
 Writes to ``--out``: ``detector.keras`` and ``segmenter.keras`` (usable with
-``visionzoo predict --task detect|segment``), ``results.json`` (COCO mAP, mAP@0.5, mIoU,
-times, the configuration), ``predictions.png`` (test images: ground truth, detections,
-predicted mask) and ``sample.png`` (a held-out image for trying the command line).
+``visionzoo predict --task detect|segment``; they carry the class names),
+``results.json`` (COCO mAP, mAP@0.5, mIoU, times, the configuration),
+``predictions.png`` (test images: ground truth, detections, predicted mask) and
+``sample.png`` (a held-out image for trying the command line).
 """
 
 import argparse
@@ -89,16 +90,6 @@ def make_backbone(args):
         overrides["dims"] = _ints(args.dims)
     return create_model(args.backbone, include_top=False,
                         input_shape=(args.size, args.size, 3), **overrides)
-
-
-def class_names_kwarg(cls, names):
-    """``{"class_names": names}`` when the model class stores class names in its config
-    (so that a saved model carries them to ``visionzoo predict``), else ``{}``."""
-    import inspect
-
-    if "class_names" in inspect.signature(cls.__init__).parameters:
-        return {"class_names": list(names)}
-    return {}
 
 
 def optimizer(lr, steps, weight_decay):
@@ -160,7 +151,6 @@ def main(argv=None):
     import keras
 
     import visionzoo
-    from visionzoo.heads import Detector, Segmenter
     from visionzoo.heads.evaluation import coco_map, mean_iou
     from visionzoo.training.shapes import CLASS_NAMES, make_shapes
 
@@ -186,7 +176,7 @@ def main(argv=None):
                                         num_classes=len(CLASS_NAMES), head=args.head,
                                         fpn_channels=args.head_channels, compile=False,
                                         name="shapes_detector",
-                                        **class_names_kwarg(Detector, CLASS_NAMES))
+                                        class_names=CLASS_NAMES)
         det.compile(optimizer=optimizer(args.lr, steps, 1e-4))
         print(f"detector ({args.head}, {args.backbone}): {det.count_params():,} parameters")
         det.fit(train["images"], {"boxes": train["boxes"], "labels": train["labels"]},
@@ -211,7 +201,7 @@ def main(argv=None):
                                          num_classes=len(CLASS_NAMES) + 1, head=args.seg_head,
                                          head_channels=args.head_channels, compile=False,
                                          name="shapes_segmenter",
-                                         **class_names_kwarg(Segmenter, seg_names))
+                                         class_names=seg_names)
         seg.compile(optimizer=optimizer(args.seg_lr, seg_epochs * (args.train // args.batch),
                                         1e-2))
         print(f"segmenter ({args.seg_head}, {args.backbone}): {seg.count_params():,} "
@@ -237,10 +227,8 @@ def main(argv=None):
     cv2.imwrite(str(sample), cv2.cvtColor(to_uint8(test["images"][0]), cv2.COLOR_RGB2BGR))
     print(f"wrote {out}/results.json, predictions.png, sample.png and the .keras models "
           f"({results['wall_seconds']:.0f}s in all). Try:\n"
-          f"  visionzoo predict --task detect {out}/detector.keras {sample} --out det.png "
-          f"--classes {','.join(CLASS_NAMES)}\n"
-          f"  visionzoo predict --task segment {out}/segmenter.keras {sample} --out seg.png "
-          f"--classes background,{','.join(CLASS_NAMES)}")
+          f"  visionzoo predict --task detect {out}/detector.keras {sample} --out det.png\n"
+          f"  visionzoo predict --task segment {out}/segmenter.keras {sample} --out seg.png")
     return results
 
 

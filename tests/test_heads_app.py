@@ -30,7 +30,8 @@ def models():
     keras.utils.set_random_seed(0)  # module fixtures run before the per-test seeding
     backbone = tiny_backbone()  # shared: the heads' layer names do not collide
     det = create_detector(backbone, num_classes=3, fpn_channels=8, score_threshold=0.5,
-                          pre_nms_topk=200, max_detections=MAX_DET)
+                          pre_nms_topk=200, max_detections=MAX_DET,
+                          class_names=["mug", "spoon", "saucer"])
     # An untrained head scores every anchor ~0.01: spread the scores so that some boxes
     # pass the threshold and some rows stay padding.
     layer = next(l for l in det.layers if l.name.endswith("cls_head-out"))
@@ -206,7 +207,7 @@ def test_cli_predict_detect(saved_models, tmp_path, capsys):
     out = tmp_path / "det.png"
     rc = cli.main(["predict", "--task", "detect", str(folder / "det.keras"),
                    str(folder / "in.png"), "--out", str(out), "--score-threshold", "0",
-                   "--classes", "mug,spoon,saucer", "--resize", "letterbox"])
+                   "--resize", "letterbox"])  # class names: the ones saved in the model
     assert rc == 0
     text = capsys.readouterr().out
     assert "detections with score >= 0" in text
@@ -215,6 +216,7 @@ def test_cli_predict_detect(saved_models, tmp_path, capsys):
     assert drawn.shape == image.shape
     assert (drawn != image).any(-1).mean() > 0.01
     lines = [line.split() for line in text.splitlines() if line.startswith("  ")]
+    assert {line[0] for line in lines} <= {"mug", "spoon", "saucer"}
     boxes = np.array([[float(v) for v in line[2:]] for line in lines])
     assert len(boxes) > 0 and boxes.min() >= 0
     assert boxes[:, [0, 2]].max() <= 150 and boxes[:, [1, 3]].max() <= 100
