@@ -154,8 +154,8 @@ def test_segment_image_maps_logits_back(mode):
     assert not wrong[:44, :].any() and not wrong[56:, :194].any() and not wrong[56:, 206:].any()
 
 
-def test_untrained_models_on_a_real_image(models):
-    det, seg = models
+def test_untrained_detector_on_a_real_image(models):
+    det, _ = models
     image = coffee()
     h, w = image.shape[:2]
     for mode in ("stretch", "letterbox"):
@@ -172,6 +172,11 @@ def test_untrained_models_on_a_real_image(models):
         assert (b >= 0).all() and (b[:, [0, 2]] <= w).all() and (b[:, [1, 3]] <= h).all()
         assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
 
+
+def test_untrained_segmenter_on_a_real_image(models):
+    _, seg = models
+    image = coffee()
+    h, w = image.shape[:2]
     mask = draw.segment_image(seg, image, resize="letterbox")
     assert mask.shape == (h, w) and mask.dtype == np.int32
     assert mask.min() >= 0 and mask.max() < 4
