@@ -16,6 +16,7 @@ than objects'. Everything is drawn from ``numpy.random.default_rng(seed)``.
 :func:`center_targets` renders CenterPoint targets for a BEV grid: per-class Gaussian
 heatmaps at the box centres and, at each centre cell, the regression target
 ``(dx, dy, z, log l, log w, log h, sin yaw, cos yaw)`` plus a weight channel.
+:func:`bev_average_precision` scores detections by rotated BEV IoU (:func:`bev_iou`).
 """
 
 import math
@@ -127,3 +128,90 @@ def center_targets(boxes, labels, grid_shape, point_cloud_range, voxel_size, num
             reg[i, iy, ix] = (fx - ix, fy - iy, z, math.log(l), math.log(w), math.log(h),
                               math.sin(yaw), math.cos(yaw), 1.0)
     return {"heatmap": heat, "regression": reg}
+
+
+def bev_corners(box):
+    """BEV corners (4, 2), counter-clockwise, of ``x y z l w h yaw``."""
+    x, y, _, l, w, _, yaw = box[:7]
+    c, s = math.cos(yaw), math.sin(yaw)
+    local = np.array([[-l, -w], [l, -w], [l, w], [-l, w]]) / 2
+    return np.stack([x + c * local[:, 0] - s * local[:, 1],
+                     y + s * local[:, 0] + c * local[:, 1]], -1)
+
+
+def _clip(subject, a, b):
+    """Sutherland-Hodgman: the part of polygon ``subject`` left of the edge a -> b."""
+    def side(p):
+        return (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+
+    out = []
+    for i in range(len(subject)):
+        p, q = subject[i], subject[(i + 1) % len(subject)]
+        sp, sq = side(p), side(q)
+        if sp >= 0:
+            out.append(p)
+        if sp * sq < 0:
+            out.append(p + (q - p) * (sp / (sp - sq)))
+    return out
+
+
+def _area(poly):
+    if len(poly) < 3:
+        return 0.0
+    p = np.asarray(poly)
+    return 0.5 * abs(np.dot(p[:, 0], np.roll(p[:, 1], -1)) - np.dot(p[:, 1], np.roll(p[:, 0], -1)))
+
+
+def bev_iou(box_a, box_b):
+    """Rotated bird's-eye-view IoU of two ``x y z l w h yaw`` boxes."""
+    a, b = bev_corners(box_a), bev_corners(box_b)
+    inter = list(a)
+    for i in range(4):
+        inter = _clip(inter, b[i], b[(i + 1) % 4])
+        if not inter:
+            return 0.0
+    inter_area = _area(inter)
+    union = box_a[3] * box_a[4] + box_b[3] * box_b[4] - inter_area
+    return float(inter_area / union) if union > 0 else 0.0
+
+
+def bev_average_precision(pred_boxes, pred_scores, pred_labels, gt_boxes, gt_labels,
+                          num_classes, iou_threshold=0.5):
+    """Per-class BEV AP (all-point interpolated precision-recall area) at a rotated-IoU
+    threshold, over a set of scenes; greedy matching by descending score, each ground
+    truth matched once. Returns ``{"per_class": [...], "mean": float}``; classes without
+    ground truth are NaN and left out of the mean."""
+    aps = []
+    for k in range(num_classes):
+        dets, n_gt = [], 0
+        for i in range(len(gt_boxes)):
+            n_gt += int((gt_labels[i] == k).sum())
+            for j in np.nonzero(pred_labels[i] == k)[0]:
+                dets.append((float(pred_scores[i][j]), i, j))
+        if n_gt == 0:
+            aps.append(float("nan"))
+            continue
+        dets.sort(key=lambda d: -d[0])
+        used = set()
+        tp = np.zeros(len(dets))
+        for t, (_, i, j) in enumerate(dets):
+            best, best_g = iou_threshold, None
+            for g in np.nonzero(gt_labels[i] == k)[0]:
+                if (i, g) in used:
+                    continue
+                iou = bev_iou(pred_boxes[i][j], gt_boxes[i][g])
+                if iou >= best:
+                    best, best_g = iou, g
+            if best_g is not None:
+                used.add((i, best_g))
+                tp[t] = 1
+        ctp = np.cumsum(tp)
+        recall = ctp / n_gt
+        precision = ctp / np.arange(1, len(dets) + 1)
+        mrec = np.concatenate([[0.0], recall, [1.0]])
+        mpre = np.concatenate([[0.0], precision, [0.0]])
+        mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+        steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
+        aps.append(float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1])))
+    valid = [a for a in aps if not math.isnan(a)]
+    return {"per_class": aps, "mean": float(np.mean(valid)) if valid else float("nan")}
