@@ -15,7 +15,7 @@ from visionzoo.layers.voxel import BEVScatter, PillarVoxelizer, PointFeatureNet
 from visionzoo.weights import load_checkpoint
 from visionzoo.weights.convert import CheckpointMismatchError
 
-from conftest import BACKEND, parity_fixture
+from conftest import BACKEND, only_on_full_backend, parity_fixture
 
 MINI = dict(in_channels=16, num_heads=2, num_blocks=1, window_shape=(4, 4, 1),
             sparse_shape=(16, 16, 1), output_shape=(16, 16), group_size=8)
@@ -181,6 +181,18 @@ def test_checkpoint_layouts_and_strict_errors():
     assert "attn.attn.extra" in str(err.value)
     for v, b in zip(model.weights, before):
         np.testing.assert_array_equal(_np(v), b)
+
+
+def test_registered_variant_builds_the_official_configuration():
+    only_on_full_backend("the published configuration is backend-independent; checked")
+    import visionzoo
+
+    model = visionzoo.create_model("flatformer_waymo")
+    c = 128  # per BasicLayer: in_proj 3C x C + 3C, out_proj, fc1 C -> 2C, fc2, 2 LayerNorms
+    per_layer = (3 * c * c + 3 * c) + (c * c + c) + (2 * c * c + 2 * c) + (2 * c * c + c) + 4 * c
+    assert model.count_params() == 2 * 4 * per_layer == 1_059_840
+    assert model.max_voxels == 32768 and model.group_size == 144
+    assert visionzoo.list_models(task="detection3d") == ["flatformer_waymo"]
 
 
 def test_from_official_config_rejects_unknown_keys():
