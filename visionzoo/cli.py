@@ -5,7 +5,7 @@
     visionzoo verify TARGET [--size H W] [--seed N]
     visionzoo export NAME --format tflite [--quantize fp16|int8] [--input-size H W]
     visionzoo demo [--epochs N] [--out DIR]
-    visionzoo bench NAME... [--batch 8] [--vs timm]
+    visionzoo bench NAME... [--batch 8] [--vs timm|diffusers]
     visionzoo predict --task restore NAME IN.png --out OUT.png [--weights TAG|PATH]
     visionzoo predict --task detect|segment MODEL.keras IN.png --out OUT.png
                       [--score-threshold 0.3] [--classes a,b,c] [--resize stretch|letterbox]
