@@ -73,7 +73,7 @@ class PillarVoxelizer(keras.layers.Layer):
         r, s = self.point_cloud_range, self.voxel_size
         points = ops.cast(points, self.compute_dtype)
         shape = ops.shape(points)
-        batch, n_points = shape[0], shape[1]
+        batch = shape[0]
         x, y, z = points[..., 0], points[..., 1], points[..., 2]
         ix = ops.cast(ops.floor((x - r[0]) / s[0]), "int32")
         iy = ops.cast(ops.floor((y - r[1]) / s[1]), "int32")
