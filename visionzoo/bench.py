@@ -447,15 +447,13 @@ def benchmark(names, batch=8, size=None, repeats=10, vs=None, compile=False, thr
     return rows
 
 
-def _add_timm(row, variant, batch, size, repeats, warmup, threads, compile, timeout, verbose):
-    notes = []
-    if not variant.timm:
-        row["timm_note"] = "timm has no counterpart"
-        return
-    row["timm_model"] = variant.timm
+def _add_reference(row, label, timer, compile, timeout, verbose, notes):
+    """Time a reference (``timer(compile=..., timeout=...)`` -> ips/p25/p75 or error)
+    eager and, with ``compile``, under ``torch.compile``; fill ``row``'s reference
+    columns (named ``timm_*`` for every reference) and its note."""
     if verbose:
-        _log(f"{variant.name}: timm {variant.timm} eager")
-    eager = time_timm(variant.timm, batch, size, repeats, warmup, threads)
+        _log(f"{label} eager")
+    eager = timer(compile=False, timeout=None)
     if "error" in eager:
         notes.append(f"eager failed: {eager['error']}")
     else:
@@ -463,9 +461,8 @@ def _add_timm(row, variant, batch, size, repeats, warmup, threads, compile, time
                    timm_eager_p75=eager["p75"], ratio_eager=row["ours_ips"] / eager["ips"])
     if compile:
         if verbose:
-            _log(f"{variant.name}: timm {variant.timm} torch.compile (cap {timeout:.0f} s)")
-        comp = time_timm(variant.timm, batch, size, repeats, warmup, threads, compile=True,
-                         timeout=timeout)
+            _log(f"{label} torch.compile (cap {timeout:.0f} s)")
+        comp = timer(compile=True, timeout=timeout)
         if "error" in comp:
             notes.append(f"compile n/a: {comp['error']}")
         else:
@@ -476,6 +473,22 @@ def _add_timm(row, variant, batch, size, repeats, warmup, threads, compile, time
     else:
         notes.append("compile not run")
     row["timm_note"] = "; ".join(notes)
+
+
+def _add_timm(row, variant, batch, size, repeats, warmup, threads, compile, timeout, verbose):
+    if not variant.timm:
+        row["timm_note"] = "timm has no counterpart"
+        return
+    row["timm_model"] = variant.timm
+
+    def timer(compile, timeout):
+        if compile:
+            return time_timm(variant.timm, batch, size, repeats, warmup, threads,
+                             compile=True, timeout=timeout)
+        return time_timm(variant.timm, batch, size, repeats, warmup, threads)
+
+    _add_reference(row, f"{variant.name}: timm {variant.timm}", timer, compile, timeout,
+                   verbose, [])
 
 
 def _add_diffusers(row, variant, batch, size, repeats, warmup, threads, compile, timeout,
@@ -484,32 +497,18 @@ def _add_diffusers(row, variant, batch, size, repeats, warmup, threads, compile,
     if config is None:
         row["timm_note"] = "diffusers has no counterpart"
         return
+    row["timm_model"] = DIFFUSERS_DIT
+
+    def timer(compile, timeout):
+        if compile:
+            return time_diffusers_dit(config, batch, repeats, warmup, threads, compile=True,
+                                      timeout=timeout)
+        return time_diffusers_dit(config, batch, repeats, warmup, threads)
+
     notes = [f"reference: diffusers {_version('diffusers')} DiTTransformer2DModel, same "
              "configuration, random weights"]
-    row["timm_model"] = DIFFUSERS_DIT
-    if verbose:
-        _log(f"{variant.name}: {DIFFUSERS_DIT} eager")
-    eager = time_diffusers_dit(config, batch, repeats, warmup, threads)
-    if "error" in eager:
-        notes.append(f"eager failed: {eager['error']}")
-    else:
-        row.update(timm_eager_ips=eager["ips"], timm_eager_p25=eager["p25"],
-                   timm_eager_p75=eager["p75"], ratio_eager=row["ours_ips"] / eager["ips"])
-    if compile:
-        if verbose:
-            _log(f"{variant.name}: {DIFFUSERS_DIT} torch.compile (cap {timeout:.0f} s)")
-        comp = time_diffusers_dit(config, batch, repeats, warmup, threads, compile=True,
-                                  timeout=timeout)
-        if "error" in comp:
-            notes.append(f"compile n/a: {comp['error']}")
-        else:
-            row.update(timm_compile_ips=comp["ips"], timm_compile_p25=comp["p25"],
-                       timm_compile_p75=comp["p75"],
-                       timm_compile_first_call_s=comp["first_call_s"],
-                       ratio_compile=row["ours_ips"] / comp["ips"])
-    else:
-        notes.append("compile not run")
-    row["timm_note"] = "; ".join(notes)
+    _add_reference(row, f"{variant.name}: {DIFFUSERS_DIT}", timer, compile, timeout,
+                   verbose, notes)
 
 
 def _log(message):
