@@ -33,6 +33,10 @@ import numpy as np
 from keras import ops
 
 from visionzoo.backbones.base import ZooBackbone
+from visionzoo.heads import center3d
+from visionzoo.heads.center3d import (bev_nms, center_heatmap_loss, center_losses,  # noqa: F401
+                                      center_regression_loss, decode_centers,
+                                      rotated_iou_matrix)
 from visionzoo.layers.activations import GELU
 from visionzoo.layers.norms import LayerNorm
 from visionzoo.layers.voxel import BEVScatter, PillarVoxelizer, PointFeatureNet, batched_take
@@ -428,175 +432,186 @@ class FlatFormer(ZooBackbone):
 
 
 # --------------------------------------------------------------------------------------
-# Detector: points -> pillars -> point features -> FlatFormer -> BEV -> centre head
-# (the official DynamicCenterPoint pipeline in compact form; the 2-D BEV backbone and the
-# head are small stand-ins for SECOND + SECONDFPN + CenterHead, not ports of them).
+# Detector: points -> pillars -> point features -> FlatFormer -> BEV -> SECOND ->
+# SECONDFPN -> CenterHead (the official DynamicCenterPoint, on a fixed point and voxel
+# budget). The 2-D parts live in visionzoo.heads.center3d.
 # --------------------------------------------------------------------------------------
-
-
-def _conv_bn_relu(x, filters, stride, name):
-    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                            name=f"{name}-conv")(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.99, name=f"{name}-bn")(x)
-    return keras.layers.ReLU(name=f"{name}-relu")(x)
 
 
 @keras.saving.register_keras_serializable(package="visionzoo")
 class FlatFormerDetector(keras.Model):
-    """A BEV 3-D detector on a fixed point and voxel budget.
+    """FlatFormer's official Waymo detector (mmdet3d ``DynamicCenterPoint``) with static
+    shapes.
 
     Inputs (a dict): ``points`` (B, P, F) float (x y z first), ``point_mask`` (B, P)
-    bool. Outputs (a dict): ``heatmap`` (B, ny, nx, num_classes) logits and
-    ``regression`` (B, ny, nx, 8) = ``dx, dy, z, log l, log w, log h, sin yaw, cos yaw``
-    per BEV cell (stride 1: one pillar per cell). :func:`center_losses` trains it,
-    :func:`decode_centers` turns the outputs into boxes.
+    bool. Outputs (a dict): ``heatmap`` (B, H, W, sum(tasks)) logits and ``regression``
+    (B, H, W, T*K), the task heads' ``common_heads`` concatenated (default ``reg, height,
+    dim, rot`` = ``dx, dy, z, log l, log w, log h, sin yaw, cos yaw``), at stride
+    ``out_size_factor`` of the pillar grid. :func:`center_losses` trains it;
+    :func:`decode_centers` + :func:`bev_nms` (or :meth:`with_decoder`) give boxes.
 
-    Pipeline: :class:`~visionzoo.layers.voxel.PillarVoxelizer` ->
-    :class:`~visionzoo.layers.voxel.PointFeatureNet` (``pts_voxel_encoder``) ->
-    :class:`FlatFormer` (``middle_encoder``) -> two-scale conv BEV backbone (stride 1
-    and 2, the stride-2 branch upsampled by a transposed conv and concatenated) ->
-    shared 3x3 conv -> heatmap and regression branches (3x3 conv + ReLU + 1x1 conv; the
-    heatmap bias starts at -2.19, prior 0.1, as CenterPoint).
+    Pipeline and official module names (checkpoint keys load by name, see ``KEY_MAPS``):
+    :class:`~visionzoo.layers.voxel.PillarVoxelizer` ->
+    :class:`~visionzoo.layers.voxel.PointFeatureNet` (``voxel_encoder``, ``DynamicVFE``)
+    -> :class:`FlatFormer` (``middle_encoder``) ->
+    :func:`~visionzoo.heads.center3d.second_backbone` (``backbone``, ``SECOND``) ->
+    :func:`~visionzoo.heads.center3d.second_fpn` (``neck``, ``SECONDFPN``) ->
+    :func:`~visionzoo.heads.center3d.center_head` (``bbox_head``, ``CenterHead``).
+    BatchNorms use ``norm_eps``/``norm_momentum`` in torch's convention (official 1e-3 /
+    0.01). ``DETECTOR_CONFIGS["flatformer_waymo"]`` is the official configuration.
 
     Args:
-        num_classes: int.
+        num_classes: int, shorthand for ``tasks=(num_classes,)``.
+        tasks: classes per CenterHead task.
         point_cloud_range, voxel_size: pillar grid (``voxel_size[2]`` spans the range).
-        max_voxels: int. Voxel budget per sample.
-        point_features: int. F.
-        feat_channels: point-feature widths; the last is the encoder width.
-        num_heads, num_blocks, window_shape, group_size, activation: the encoder.
-        bev_channels: int. Width of the BEV backbone and head.
+        max_voxels: voxel budget per sample. point_features: F.
+        feat_channels: ``DynamicVFE`` widths; the last is the encoder width.
+        num_heads, num_blocks, window_shape, group_size, activation, pos_temperature,
+            normalize_pos: the FlatFormer encoder.
+        backbone_channels, layer_nums, layer_strides, residual: ``SECOND``.
+        neck_channels, upsample_strides: ``SECONDFPN``.
+        common_heads: ``(name, channels, num_conv)`` per regression head.
+        share_conv_channel, head_conv, final_kernel, num_heatmap_convs, init_bias:
+            ``CenterHead``/``SeparateHead``.
     """
 
-    def __init__(self, num_classes=2, point_cloud_range=(-8.0, -8.0, -1.0, 8.0, 8.0, 3.0),
+    def __init__(self, num_classes=None, tasks=None,
+                 point_cloud_range=(-8.0, -8.0, -1.0, 8.0, 8.0, 3.0),
                  voxel_size=(0.5, 0.5, 4.0), max_voxels=256, point_features=4,
                  feat_channels=(16, 16), num_heads=2, num_blocks=1, window_shape=(8, 8, 1),
-                 group_size=16, activation="gelu", bev_channels=32, name="flatformer_det",
+                 group_size=16, activation="gelu", pos_temperature=10000,
+                 normalize_pos=False, backbone_channels=(16, 32), layer_nums=(1, 1),
+                 layer_strides=(1, 2), residual=True, neck_channels=(16, 16),
+                 upsample_strides=(1, 2), common_heads=center3d.DEFAULT_COMMON_HEADS,
+                 share_conv_channel=16, head_conv=16, final_kernel=3, num_heatmap_convs=2,
+                 init_bias=-2.19, norm_eps=1e-3, norm_momentum=0.01, name="flatformer_det",
                  **kwargs):
+        if tasks is None:
+            tasks = (2 if num_classes is None else num_classes,)
+        tasks = tuple(int(t) for t in tasks)
+        common_heads = tuple((str(h[0]), int(h[1]), int(h[2])) for h in common_heads)
         voxelizer = PillarVoxelizer(point_cloud_range, voxel_size, max_voxels,
                                     name="voxelizer")
         ny, nx = voxelizer.grid_shape
-        if ny % 2 or nx % 2:
-            raise ValueError(f"The BEV grid must have even sides, got {ny}x{nx}.")
+        factors = [np.prod(layer_strides[:i + 1]) / u for i, u in enumerate(upsample_strides)]
+        if len(set(float(f) for f in factors)) != 1:
+            raise ValueError(f"The neck levels end at different strides {factors}.")
+        step = int(np.prod(layer_strides))
+        if ny % step or nx % step:
+            raise ValueError(f"The BEV grid {ny}x{nx} must divide by {step}.")
         points = keras.Input(shape=(None, point_features), name="points")
         point_mask = keras.Input(shape=(None,), dtype="bool", name="point_mask")
         vox = voxelizer(points, point_mask)
         feats = PointFeatureNet(feat_channels, point_cloud_range, voxel_size,
-                                name="pts_voxel_encoder")(points, vox)
+                                epsilon=norm_eps, momentum=1.0 - norm_momentum,
+                                name="voxel_encoder")(points, vox)
         encoder = FlatFormer(in_channels=feat_channels[-1], num_heads=num_heads,
                              num_blocks=num_blocks, activation=activation,
                              window_shape=window_shape, sparse_shape=(nx, ny, 1),
-                             output_shape=(ny, nx), group_size=group_size,
+                             output_shape=(ny, nx), pos_temperature=pos_temperature,
+                             normalize_pos=normalize_pos, group_size=group_size,
                              max_voxels=max_voxels, name="middle_encoder")
         bev = encoder({"voxels": feats, "coords": vox["voxel_coords"],
                        "mask": vox["voxel_mask"]})["bev"]
-        c = bev_channels
-        s1 = _conv_bn_relu(_conv_bn_relu(bev, c, 1, "backbone-0-0"), c, 1, "backbone-0-1")
-        s2 = _conv_bn_relu(_conv_bn_relu(s1, 2 * c, 2, "backbone-1-0"), 2 * c, 1,
-                           "backbone-1-1")
-        up = keras.layers.Conv2DTranspose(c, 2, strides=2, use_bias=False,
-                                          name="neck-up-conv")(s2)
-        up = keras.layers.BatchNormalization(epsilon=1e-3, momentum=0.99,
-                                             name="neck-up-bn")(up)
-        up = keras.layers.ReLU(name="neck-up-relu")(up)
-        x = keras.layers.Concatenate(name="neck-concat")([s1, up])
-        x = _conv_bn_relu(x, c, 1, "head-shared")
-        outputs = {}
-        for branch, width, bias in (("heatmap", num_classes, -2.19), ("regression", 8, 0.0)):
-            h = keras.layers.Conv2D(c, 3, padding="same", name=f"head-{branch}-0")(x)
-            h = keras.layers.ReLU(name=f"head-{branch}-relu")(h)
-            outputs[branch] = keras.layers.Conv2D(
-                width, 1, bias_initializer=keras.initializers.Constant(bias),
-                name=branch, dtype="float32")(h)
+        norm = dict(eps=norm_eps, momentum=norm_momentum)
+        levels = center3d.second_backbone(bev, backbone_channels, layer_nums, layer_strides,
+                                          residual, **norm)
+        x = center3d.second_fpn(levels, neck_channels, upsample_strides, **norm)
+        heatmap, regression = center3d.center_head(
+            x, tasks, common_heads, share_conv_channel, head_conv, final_kernel,
+            num_heatmap_convs, init_bias, **norm)
+        heatmap = keras.layers.Identity(name="heatmap", dtype="float32")(heatmap)
+        regression = keras.layers.Identity(name="regression", dtype="float32")(regression)
         super().__init__(inputs={"points": points, "point_mask": point_mask},
-                         outputs=outputs, name=name, **kwargs)
-        self.num_classes = num_classes
+                         outputs={"heatmap": heatmap, "regression": regression}, name=name,
+                         **kwargs)
+        self._config = dict(
+            tasks=list(tasks), point_cloud_range=[float(v) for v in point_cloud_range],
+            voxel_size=[float(v) for v in voxel_size], max_voxels=int(max_voxels),
+            point_features=int(point_features), feat_channels=list(feat_channels),
+            num_heads=num_heads, num_blocks=num_blocks, window_shape=list(window_shape),
+            group_size=group_size, activation=activation, pos_temperature=pos_temperature,
+            normalize_pos=normalize_pos, backbone_channels=list(backbone_channels),
+            layer_nums=list(layer_nums), layer_strides=list(layer_strides),
+            residual=residual, neck_channels=list(neck_channels),
+            upsample_strides=list(upsample_strides),
+            common_heads=[list(h) for h in common_heads],
+            share_conv_channel=share_conv_channel, head_conv=head_conv,
+            final_kernel=final_kernel, num_heatmap_convs=num_heatmap_convs,
+            init_bias=init_bias, norm_eps=norm_eps, norm_momentum=norm_momentum)
+        self.tasks = tasks
+        self.num_classes = sum(tasks)
+        self.common_heads = common_heads
         self.point_cloud_range = tuple(point_cloud_range)
         self.voxel_size = tuple(voxel_size)
         self.max_voxels = max_voxels
-        self.point_features = point_features
-        self.feat_channels = tuple(feat_channels)
-        self.num_heads = num_heads
-        self.num_blocks = num_blocks
-        self.window_shape = tuple(window_shape)
-        self.group_size = group_size
-        self.activation = activation
-        self.bev_channels = bev_channels
         self.grid_shape = (ny, nx)
+        self.out_size_factor = int(round(float(factors[0])))
+        self.output_grid = (ny // self.out_size_factor, nx // self.out_size_factor)
+
+    # the checkpoint engine's classifier check: a detector has no image classifier
+    classifier_key = None
+
+    def decode(self, outputs, max_detections=50, **nms):
+        """:func:`decode_centers` then, with ``nms`` keywords (``iou_threshold``,
+        ``mode`` ...), :func:`bev_nms`; returns NumPy-convertible tensors."""
+        dec = decode_centers(outputs["heatmap"], outputs["regression"],
+                             self.point_cloud_range, self.voxel_size, max_detections,
+                             self.out_size_factor, self.common_heads, self.tasks)
+        return bev_nms(dec, **nms) if nms else dec
+
+    def with_decoder(self, max_detections=50, nms="rotate", iou_threshold=0.5,
+                     score_threshold=0.0, peak_pool=True):
+        """An end-to-end ``keras.Model``: ``{points, point_mask}`` -> ``{boxes, scores,
+        labels, valid}`` (fixed ``max_detections``; decode + NMS in the graph)."""
+        out = self(self.input)
+        dec = center3d.CenterDecoder(
+            self.point_cloud_range, self.voxel_size, max_detections, self.out_size_factor,
+            self.common_heads, self.tasks, peak_pool=peak_pool, nms=nms,
+            iou_threshold=iou_threshold, score_threshold=score_threshold,
+            name="decoder")([out["heatmap"], out["regression"]])
+        return keras.Model(self.input, dec, name=f"{self.name}_e2e")
 
     def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                "num_classes": self.num_classes,
-                "point_cloud_range": list(self.point_cloud_range),
-                "voxel_size": list(self.voxel_size), "max_voxels": self.max_voxels,
-                "point_features": self.point_features,
-                "feat_channels": list(self.feat_channels), "num_heads": self.num_heads,
-                "num_blocks": self.num_blocks, "window_shape": list(self.window_shape),
-                "group_size": self.group_size, "activation": self.activation,
-                "bev_channels": self.bev_channels}
+        return {"name": self.name, "trainable": self.trainable, **self._config}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
 
-def center_heatmap_loss(y_true, y_pred):
-    """CenterNet/CenterPoint penalty-reduced focal loss on heatmap logits, per sample,
-    normalised by the sample's number of centres (at least 1)."""
-    y_true = ops.cast(y_true, "float32")
-    p = ops.clip(ops.sigmoid(ops.cast(y_pred, "float32")), 1e-4, 1 - 1e-4)
-    pos = ops.cast(y_true >= 1.0 - 1e-6, "float32")
-    pos_term = ops.log(p) * ops.square(1 - p) * pos
-    neg_term = ops.log(1 - p) * ops.square(p) * ops.power(1 - y_true, 4) * (1 - pos)
-    axes = (1, 2, 3)
-    num_pos = ops.maximum(ops.sum(pos, axis=axes), 1.0)
-    return -ops.sum(pos_term + neg_term, axis=axes) / num_pos
+def create_detector(variant="flatformer_scenes", **overrides):
+    """A :class:`FlatFormerDetector` from ``DETECTOR_CONFIGS`` (``flatformer_waymo``: the
+    official configuration; ``flatformer_scenes``: the small one of the example)."""
+    return FlatFormerDetector(**dict(DETECTOR_CONFIGS[variant], **overrides))
 
 
-def center_regression_loss(y_true, y_pred):
-    """L1 on the 8 regression channels at centre cells (``y_true[..., 8]`` = weight),
-    per sample, normalised by the number of centres."""
-    y_true = ops.cast(y_true, "float32")
-    weight = y_true[..., 8:]
-    err = ops.abs(ops.cast(y_pred, "float32") - y_true[..., :8]) * weight
-    return ops.sum(err, axis=(1, 2, 3)) / ops.maximum(ops.sum(weight, axis=(1, 2, 3)), 1.0)
-
-
-def center_losses():
-    """``loss`` and ``loss_weights`` for ``FlatFormerDetector.compile`` (targets from
-    :func:`visionzoo.training.scenes.center_targets`; regression weight 0.25 as
-    CenterPoint)."""
-    return ({"heatmap": center_heatmap_loss, "regression": center_regression_loss},
-            {"heatmap": 1.0, "regression": 0.25})
-
-
-def decode_centers(heatmap, regression, point_cloud_range, voxel_size, max_detections=50):
-    """Detector outputs -> ``boxes`` (B, K, 7) ``x y z l w h yaw``, ``scores`` (B, K) and
-    ``labels`` (B, K) int32 for the ``K = max_detections`` best centres.
-
-    Peaks are cells equal to their 3x3 max (CenterPoint's max-pool NMS); the best are
-    picked by ``top_k`` over cells x classes (no float argmax).
-    """
-    r, s = point_cloud_range, voxel_size
-    heat = ops.sigmoid(ops.cast(heatmap, "float32"))
-    pooled = ops.max_pool(heat, 3, strides=1, padding="same")
-    heat = ops.where(ops.equal(heat, pooled), heat, 0.0)
-    shape = ops.shape(heat)
-    batch, nx, k = shape[0], heat.shape[2], heat.shape[3]
-    scores, index = ops.top_k(ops.reshape(heat, (batch, -1)), max_detections)
-    index = ops.cast(index, "int32")
-    labels = index % k
-    cell = index // k
-    iy, ix = cell // nx, cell % nx
-    reg = batched_take(ops.reshape(ops.cast(regression, "float32"), (batch, -1, 8)), cell)
-    x = (ops.cast(ix, "float32") + reg[..., 0]) * s[0] + r[0]
-    y = (ops.cast(iy, "float32") + reg[..., 1]) * s[1] + r[1]
-    size = ops.exp(ops.clip(reg[..., 3:6], -5.0, 5.0))
-    yaw = ops.arctan2(reg[..., 6], reg[..., 7])
-    boxes = ops.concatenate([ops.stack([x, y, reg[..., 2]], -1), size,
-                             ops.expand_dims(yaw, -1)], -1)
-    return {"boxes": boxes, "scores": scores, "labels": labels}
-
+# configs/flatformer/flatformer_waymo_D1_2x_3class.py (voxel_encoder / middle_encoder /
+# backbone / neck / bbox_head), with our static voxel budget. The official head also has
+# ``vel`` and ``iou`` branches (velocity loss weight 0; IoU-rectified scores, iou_pow 2).
+DETECTOR_CONFIGS = {
+    "flatformer_waymo": dict(
+        tasks=(3,), point_cloud_range=(-74.88, -74.88, -2.0, 74.88, 74.88, 4.0),
+        voxel_size=(0.32, 0.32, 6.0), max_voxels=32768, point_features=5,
+        feat_channels=(64, 128), num_heads=8, num_blocks=2, window_shape=(13, 13, 1),
+        group_size=144, activation="gelu", pos_temperature=10000, normalize_pos=False,
+        backbone_channels=(64, 128), layer_nums=(3, 3), layer_strides=(1, 2),
+        residual=True, neck_channels=(128, 128), upsample_strides=(1, 2),
+        common_heads=(("reg", 2, 2), ("height", 1, 2), ("dim", 3, 2), ("rot", 2, 2),
+                      ("vel", 2, 2), ("iou", 1, 2)),
+        share_conv_channel=64, head_conv=64, final_kernel=3, num_heatmap_convs=2,
+        init_bias=-2.19, norm_eps=1e-3, norm_momentum=0.01),
+    # 0.5 m pillars over 16 x 16 m (32 x 32), the same structure at small widths
+    "flatformer_scenes": dict(
+        tasks=(2,), point_cloud_range=(-8.0, -8.0, -1.0, 8.0, 8.0, 3.0),
+        voxel_size=(0.5, 0.5, 4.0), max_voxels=384, point_features=4,
+        feat_channels=(32, 32), num_heads=4, num_blocks=1, window_shape=(8, 8, 1),
+        group_size=32, activation="gelu", backbone_channels=(32, 64), layer_nums=(2, 2),
+        layer_strides=(1, 2), residual=True, neck_channels=(32, 32),
+        upsample_strides=(1, 2), share_conv_channel=32, head_conv=32),
+}
+# The official test_cfg: rotated NMS per class (car, pedestrian, cyclist).
+OFFICIAL_NMS = dict(mode="rotate", iou_threshold=(0.8, 0.55, 0.55), score_threshold=0.1)
 
 # --------------------------------------------------------------------------------------
 # Variant table (data)
@@ -651,29 +666,45 @@ def build(config, input_shape=None, **kwargs):
 
 
 # --------------------------------------------------------------------------------------
-# Checkpoints: the official ``FlatFormer.state_dict()`` keys (``block_list.{i}.block.{k}.
-# attn.attn.in_proj_weight`` ...), bare or under ``middle_encoder.`` as in the
-# ``DynamicCenterPoint`` detector checkpoints. Our variable paths are those names; the
-# attention's in-projection is kept in torch layout, Linear weights are transposed by
-# the engine.
+# Checkpoints. Encoder (:class:`FlatFormer`): the official ``FlatFormer.state_dict()``
+# keys (``block_list.{i}.block.{k}.attn.attn.in_proj_weight`` ...), bare or under
+# ``middle_encoder.`` as in the ``DynamicCenterPoint`` detector checkpoints; the
+# attention's in-projection is kept in torch layout, Linear weights are transposed by the
+# engine. Detector (:class:`FlatFormerDetector`): the whole official checkpoint,
+# ``voxel_encoder.vfe_layers.{i}.{linear,norm}`` (the fork's ``DynamicVFELayer``; mmdet3d's
+# ``.{0,1}`` Sequential spelling too), ``middle_encoder.*``, ``backbone.blocks.{i}.{j}.
+# {0,1}``, ``neck.deblocks.{i}.{0,1}`` and ``bbox_head.shared_conv.{conv,bn}`` /
+# ``bbox_head.task_heads.{t}.{head}.{k}``; MVX-style ``pts_`` prefixes are accepted.
+# Our variable paths are those names, so every tensor must land (exact coverage);
+# ``num_batches_tracked`` counters are dropped.
 # --------------------------------------------------------------------------------------
 
 _PREFIX = "middle_encoder."
-KEY_MAPS = {"official": [(r"^middle_encoder\.", "")]}
-IGNORE_KEYS = ()
+KEY_MAPS = {"official": [
+    (r"^(?:pts_)?middle_encoder\.", ""),
+    (r"^(?:pts_)?voxel_encoder\.vfe_layers\.(\d+)\.linear\.", r"voxel_encoder.vfe_layers.\1.0."),
+    (r"^(?:pts_)?voxel_encoder\.vfe_layers\.(\d+)\.norm\.", r"voxel_encoder.vfe_layers.\1.1."),
+    (r"^pts_(voxel_encoder|backbone|neck|bbox_head)\.", r"\1."),
+]}
+IGNORE_KEYS = (r"\.num_batches_tracked$",)
 
 
 def adapt_state(model, state, renamed):
-    """A whole detector checkpoint: keep the ``middle_encoder.`` tensors (the encoder's);
-    the voxel encoder, BEV backbone, neck and head are other modules."""
-    if any(k.startswith(_PREFIX) for k in state):
-        return {k: v for k, v in state.items() if k.startswith(_PREFIX)}
+    """For the encoder alone, a whole detector checkpoint gives its ``middle_encoder.``
+    tensors (the other modules are not part of it); the detector takes everything."""
+    if isinstance(model, FlatFormer):
+        prefixes = (_PREFIX, "pts_" + _PREFIX)
+        if any(k.startswith(prefixes) for k in state):
+            return {k: v for k, v in state.items() if k.startswith(prefixes)}
     return dict(state)
 
 
 def detect_layout(keys):
     for key in keys:
         if key.endswith(".attn.attn.in_proj_weight") and "block_list." in key:
+            return "official"
+        if key.startswith(("bbox_head.", "pts_bbox_head.", "backbone.blocks.",
+                           "pts_backbone.blocks.")):
             return "official"
     return None
 
