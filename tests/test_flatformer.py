@@ -389,20 +389,29 @@ def test_decode_centers_recovers_target_boxes():
             assert abs(d_yaw) < 1e-4 and labels[i, j] == label
 
 
-def test_encoder_exports_to_tflite_with_builtin_ops(tmp_path):
+def test_detector_exports_end_to_end_to_tflite_with_builtin_ops(tmp_path):
+    """Points -> voxels -> FlatFormer -> SECOND/FPN/CenterHead -> top-k decode -> rotated
+    NMS in one builtins-only file (the encoder's TOPK_V2/GATHER/SCATTER_ND, the neck's
+    TRANSPOSE_CONV, NMS's WHILE); outputs (boxes, scores, labels, keep mask) as Keras."""
     if BACKEND != "tensorflow":
         pytest.skip("TFLite conversion is checked on the tensorflow backend (other "
                     "backends hand the model to a TensorFlow subprocess: same file, slower)")
     pytest.importorskip("ai_edge_litert")
     from visionzoo.export import to_tflite
+    from visionzoo.training.scenes import make_scenes
 
-    rng = np.random.default_rng(4)
-    model = ff.FlatFormer(**MINI, max_voxels=32)
-    voxels, coords, mask = _mini_inputs(rng, v=32)
-    report = to_tflite(model, str(tmp_path / "ff.tflite"),
-                       check_input={"voxels": voxels, "coords": coords, "mask": mask})
+    keras.utils.set_random_seed(0)
+    det = ff.FlatFormerDetector(num_classes=2, max_voxels=160, feat_channels=(16,))
+    data = make_scenes(2, seed=0, max_points=256, ground_points=100)
+    e2e = det.with_decoder(max_detections=12, iou_threshold=0.3, max_points=256)
+    report = to_tflite(e2e, str(tmp_path / "det.tflite"),
+                       check_input={"points": data["points"],
+                                    "point_mask": data["point_mask"]})
+    print(f"tflite detector: max|diff| {report.max_abs_diff:.2e} "
+          f"max|ref| {report.ref_max_abs:.2e}")
     assert report.max_abs_diff <= 1e-4 * report.ref_max_abs
-    assert {"TOPK_V2", "GATHER", "SCATTER_ND"} <= set(report.op_names)
+    assert {"TOPK_V2", "GATHER", "SCATTER_ND", "TRANSPOSE_CONV", "WHILE",
+            "UNSORTED_SEGMENT_MAX"} <= set(report.op_names)
 
 
 def test_bev_iou_and_average_precision():

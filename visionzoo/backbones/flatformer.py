@@ -561,16 +561,20 @@ class FlatFormerDetector(keras.Model):
         return bev_nms(dec, **nms) if nms else dec
 
     def with_decoder(self, max_detections=50, nms="rotate", iou_threshold=0.5,
-                     score_threshold=0.0, peak_pool=True):
+                     score_threshold=0.0, peak_pool=True, max_points=None):
         """An end-to-end ``keras.Model``: ``{points, point_mask}`` -> ``{boxes, scores,
-        labels, valid}`` (fixed ``max_detections``; decode + NMS in the graph)."""
-        out = self(self.input)
+        labels, valid}`` (fixed ``max_detections``; decode + NMS in the graph). Give
+        ``max_points`` for a static point budget (TFLite export)."""
+        f = self._config["point_features"]
+        inputs = {"points": keras.Input((max_points, f), name="points"),
+                  "point_mask": keras.Input((max_points,), dtype="bool", name="point_mask")}
+        out = self(inputs)
         dec = center3d.CenterDecoder(
             self.point_cloud_range, self.voxel_size, max_detections, self.out_size_factor,
             self.common_heads, self.tasks, peak_pool=peak_pool, nms=nms,
             iou_threshold=iou_threshold, score_threshold=score_threshold,
             name="decoder")([out["heatmap"], out["regression"]])
-        return keras.Model(self.input, dec, name=f"{self.name}_e2e")
+        return keras.Model(inputs, dec, name=f"{self.name}_e2e")
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, **self._config}
