@@ -38,7 +38,6 @@ from visionzoo.heads.center3d import (bev_nms, center_heatmap_loss, center_losse
                                       center_regression_loss, decode_centers,
                                       rotated_iou_matrix)
 from visionzoo.layers.activations import GELU
-from visionzoo.layers.norms import LayerNorm
 from visionzoo.layers.voxel import BEVScatter, PillarVoxelizer, PointFeatureNet, batched_take
 
 ORDERINGS = ("x", "x_shift", "y", "y_shift")
@@ -236,8 +235,8 @@ class GroupMultiheadAttention(keras.layers.Layer):
         n, g = shape[0], shape[1]
         w = ops.cast(self.in_proj_weight, self.compute_dtype)
         b = ops.cast(self.in_proj_bias, self.compute_dtype)
-        q = ops.matmul(qk_in, ops.transpose(w[:c])) + b[:c]
-        k = ops.matmul(qk_in, ops.transpose(w[c:2 * c])) + b[c:2 * c]
+        qk = ops.matmul(qk_in, ops.transpose(w[:2 * c])) + b[:2 * c]  # one C -> 2C product
+        q, k = qk[..., :c], qk[..., c:]
         v = ops.matmul(v_in, ops.transpose(w[2 * c:])) + b[2 * c:]
         q, k, v = self._heads(q, n, g), self._heads(k, n, g), self._heads(v, n, g)
         scale = ops.cast((c // self.num_heads) ** -0.5, q.dtype)
@@ -299,8 +298,9 @@ class FlatFormerLayer(keras.layers.Layer):
         if activation not in ("gelu", "relu"):
             raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}.")
         self.attn = GroupAttention(num_heads, name="attn")
-        self.norm1 = LayerNorm(epsilon=1e-5, name="norm1")
-        self.norm2 = LayerNorm(epsilon=1e-5, name="norm2")
+        # keras' LayerNormalization: one fused F.layer_norm on torch (vs 7 ops)
+        self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm1")
+        self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm2")
         self.act = GELU(name="act") if activation == "gelu" else keras.layers.ReLU(name="act")
 
     def build(self, input_shape):

@@ -247,7 +247,9 @@ class BEVScatter(keras.layers.Layer):
     """Voxel features (B, V, C) at ``(iy, ix)`` coords -> canvas (B, ny, nx, C).
 
     Cells without a (valid) voxel are zero. Coordinates of valid voxels must be unique
-    per sample (as voxelisation makes them); one ``scatter`` (TFLite ``SCATTER_ND``).
+    per sample (as voxelisation makes them). A segment sum of voxel numbers over the
+    cells (TFLite ``UNSORTED_SEGMENT_SUM``) says which voxel each cell holds; one
+    ``take`` (``GATHER``) fills the canvas.
 
     Args:
         grid_shape: ``(ny, nx)``.
@@ -266,12 +268,24 @@ class BEVScatter(keras.layers.Layer):
         batch, c = shape[0], features.shape[-1]
         coords = ops.cast(coords, "int32")
         valid = ops.cast(mask, "bool")
-        cell = ops.where(valid, coords[..., 0] * nx + coords[..., 1], 0)
-        cell = cell + ops.expand_dims(ops.arange(batch, dtype="int32") * (ny * nx), 1)
-        values = ops.where(ops.expand_dims(valid, -1), features, 0.0)
-        canvas = ops.scatter(ops.reshape(cell, (-1, 1)), ops.reshape(values, (-1, c)),
-                             (batch * ny * nx, c))
-        return ops.reshape(canvas, (batch, ny, nx, c))
+        cells = ny * nx
+        cell = coords[..., 0] * nx + coords[..., 1]
+        cell = cell + ops.expand_dims(ops.arange(batch, dtype="int32") * cells, 1)
+        n_seg = batch * cells
+        cell = ops.reshape(ops.where(valid, cell, n_seg), (-1,))  # invalid: a trash cell
+        # Which voxel each cell holds: a segment sum of (voxel index + 1) over the unique
+        # cells (0 = empty; float32 is exact below 2**24 voxels), then one gather of
+        # the canvas rows from the voxel features plus a zero row. Small scatters and a
+        # single canvas-sized write; Keras' torch ``ops.scatter`` loops over indices in
+        # Python, and a canvas-sized segment sum fills and copies the canvas twice.
+        flat = ops.reshape(features, (-1, c))
+        n = ops.shape(flat)[0]
+        rows = ops.cast(ops.arange(n, dtype="int32") + 1, "float32")
+        slot = ops.segment_sum(rows, cell, num_segments=n_seg + 1)[:n_seg]
+        slot = ops.where(slot > 0.5, ops.cast(slot, "int32") - 1, n)
+        flat = ops.concatenate([flat, ops.zeros_like(flat[:1])], axis=0)
+        canvas = ops.take(flat, slot, axis=0)
+        return ops.reshape(ops.cast(canvas, features.dtype), (batch, ny, nx, c))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0],) + self.grid_shape + (input_shape[0][-1],)
