@@ -385,8 +385,9 @@ def test_decode_centers_recovers_target_boxes():
         for box, label in zip(data["boxes"][i][:n], data["labels"][i][:n]):
             j = np.argmin(np.abs(boxes[i, :n, :2] - box[:2]).sum(-1))
             np.testing.assert_allclose(boxes[i, j, :6], box[:6], atol=1e-4)
-            d_yaw = (boxes[i, j, 6] - box[6] + np.pi) % (2 * np.pi) - np.pi
+            d_yaw = (boxes[i, j, 6] - box[6] + np.pi / 2) % np.pi - np.pi / 2  # same box
             assert abs(d_yaw) < 1e-4 and labels[i, j] == label
+            assert -np.pi / 2 - 1e-6 <= boxes[i, j, 6] < np.pi / 2 + 1e-6
 
 
 def test_detector_exports_end_to_end_to_tflite_with_builtin_ops(tmp_path):
@@ -648,7 +649,8 @@ def test_whole_official_detector_checkpoint_loads_exactly():
     np.testing.assert_array_equal(_np(vfe.linears[1].kernel),
                                   state["voxel_encoder.vfe_layers.1.linear.weight"].T)
     n_torch = sum(v.size for k, v in state.items() if not k.endswith("num_batches_tracked"))
-    assert n_torch == det.count_params()  # BN statistics included on both sides
+    assert n_torch == det.count_params() == 2_271_566  # BN statistics on both sides
+    assert ff.FlatFormerDetector.from_config(det.get_config()).get_config() == det.get_config()
     # MVX-style pts_ prefixes load too; a missing tensor is named
     pts = {("pts_" + k): v for k, v in state.items()}
     load_checkpoint(det, pts)

