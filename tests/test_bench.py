@@ -112,3 +112,120 @@ def test_diffusers_reference_for_dit():
     assert "error" not in result, result
     assert _positive(result["ips"]) and result["mode"] == "eager"
     assert result["p25"] <= result["ips"] <= result["p75"]
+
+
+# --------------------------------------------------------------------------------------
+# benchmarks/suite.py and benchmarks/make_table.py (no timm child, no timing asserted)
+# --------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+
+_BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def suite_modules():
+    sys.path.insert(0, _BENCHMARKS)
+    try:
+        import make_table
+        import suite
+    finally:
+        sys.path.remove(_BENCHMARKS)
+    return suite, make_table
+
+
+def _synthetic_rows(suite):
+    stamp = dict(run_id="20260101T000000", date="2026-01-01T00:00:00+00:00",
+                 cpu="Test CPU 9000", cores=2, python="3.11.7", keras="3.15.1",
+                 jax="0.10.2", tensorflow="2.21.0", torch="2.14.1", timm="1.0.31",
+                 ai_edge_litert="2.3.0", litert_torch="unavailable", load1=0.5)
+    r = lambda **kw: suite.make_row(**{**stamp, **kw})  # noqa: E731
+    return [
+        r(model="alpha_s", timm_model="alpha_s", measurement="params", impl="registry",
+          value=12345678, unit="count"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="gmacs", impl="registry",
+          value=1.5, unit="GMAC"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="top1_published",
+          impl="registry", value=79.3, unit="%"),
+        r(model="beta_t", measurement="params", impl="registry", value=5000000,
+          unit="count"),
+        r(model="beta_t", measurement="gmacs", impl="registry", value=0.5, unit="GMAC"),
+        r(model="beta_t", measurement="top1_published", impl="registry", value=72.1,
+          unit="%"),
+        r(measurement="sgemm", impl="numpy", mode="matmul fp32", value=100.0,
+          unit="GFLOP/s", note="start of run"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="throughput", impl="jax",
+          mode="jit", batch=1, value=123.4, unit="img/s"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="throughput",
+          impl="tensorflow", mode="tf.function", batch=1, value=98.7, unit="img/s"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="throughput", impl="torch",
+          mode="eager", batch=1, note="failed: RuntimeError('boom')", unit="img/s"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="throughput", impl="timm",
+          mode="eager", batch=1, value=111.1, unit="img/s"),
+        r(model="beta_t", measurement="throughput", impl="jax", mode="jit", batch=1,
+          value=456.7, unit="img/s"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="tflite_latency",
+          impl="visionzoo", mode="fp32", batch=1, threads=1, value=8.8, unit="ms"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="tflite_size",
+          impl="visionzoo", mode="fp32", batch=1, value=3 * 2**20, unit="bytes"),
+    ]
+
+
+def test_make_table_from_synthetic_csv(tmp_path, suite_modules):
+    suite, make_table = suite_modules
+    rows = suite.add_sgemm_fraction(_synthetic_rows(suite), 100.0)
+    path = str(tmp_path / "suite.csv")
+    suite.write_csv(rows, path)
+    md, png = tmp_path / "docs" / "models.md", tmp_path / "docs" / "plot.png"
+    assert make_table.main([path, "--md", str(md), "--png", str(png)]) == 0
+    text = md.read_text()
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # Measured numbers appear as in the CSV; the registry facts too.
+    for number in ("123.4", "98.7", "111.1", "456.7", "8.8", "79.3", "72.1", "12.3",
+                   "1.50", "3.00", "3.0"):
+        assert number in text, number
+    assert "Test CPU 9000" in text and "torch 2.14.1" in text and "2026-01-01" in text
+    assert "python benchmarks/make_table.py" in text  # how to regenerate
+    # Missing / failed measurements are a dash; failures listed with their reason.
+    line = next(x for x in text.splitlines() if x.startswith("| alpha_s | 123.4"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3] == "—" and cells[5] == "—"  # torch failed, timm compile not run
+    assert cells[6] == f"{123.4 / 111.1:.2f}×"  # best / timm eager
+    assert cells[7] == f"{123.4 / 111.1:.2f}× ✗"  # below the 1.25x target
+    # % of sgemm: 2 * 1.5 GMAC * 123.4 img/s / 100 GFLOP/s.
+    assert cells[9] == f"{100 * 2 * 1.5 * 123.4 / 100:.0f} %"
+    assert "boom" in text
+    beta = next(x for x in text.splitlines() if x.startswith("| beta_t | 456.7"))
+    assert beta.count("—") >= 5  # no timm counterpart, no other backend
+
+
+def test_suite_csv_writer_and_sgemm(tmp_path, suite_modules):
+    suite, _ = suite_modules
+    rate = suite.sgemm(n=64, repeats=1, warmup=0)
+    assert _positive(rate["value"]) and rate["p25"] <= rate["value"] <= rate["p75"]
+    out = str(tmp_path / "rows.jsonl")
+    args = types.SimpleNamespace(models=["poolformerv2_s12"], batches=[1], repeats=1,
+                                 warmup=0)
+    suite.stage_ours(args, out)  # our model on the active backend, 1 repeat
+    with open(out) as f:
+        rows = [suite.json.loads(line) for line in f]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["measurement"] == "throughput" and row["impl"] in suite.BACKENDS
+    assert _positive(float(row["value"])) and row["unit"] == "img/s"
+    rows.append(suite.make_row(model="poolformerv2_s12", measurement="gmacs",
+                               impl="registry", value=1.812))
+    rows.append(suite.make_row(measurement="sgemm", impl="numpy", value=rate["value"]))
+    suite.add_sgemm_fraction(rows, suite.best_sgemm(rows))
+    assert math.isclose(row["gflops_achieved"], 2 * 1.812 * row["value"])
+    assert math.isclose(row["sgemm_fraction"], row["gflops_achieved"] / rate["value"])
+    path = str(tmp_path / "suite.csv")
+    suite.write_csv(rows, path)
+    suite.write_csv(rows[:1], path)  # appends; header written once
+    back = suite.read_csv(path)
+    assert len(back) == 4 and list(back[0]) == list(suite.FIELDS)
+    assert float(back[0]["value"]) == row["value"] and back[2]["model"] is None

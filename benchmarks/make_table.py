@@ -1,0 +1,389 @@
+"""Generate the model table (docs/models.md) and the top-1 vs. latency plot
+(docs/top1_vs_latency.png) from benchmark-suite CSVs -- never hand-edited numbers.
+
+    python benchmarks/make_table.py                  # newest benchmarks/results/suite_*.csv
+    python benchmarks/make_table.py benchmarks/results/suite_2026-11-23.csv [more.csv ...]
+    python benchmarks/make_table.py RUN.csv --md /tmp/models.md --png /tmp/plot.png
+
+Reads only the CSV(s) written by ``benchmarks/suite.py`` (see its docstring for the
+columns): the registry facts (params, GMACs, published top-1) are rows of the CSV too,
+so this script imports neither Keras nor any backend. With several CSVs or runs, each
+cell shows the latest run's measurement that has a value (else the latest failure).
+Numbers are printed as measured (rounded for display only); a measurement that is
+missing or failed is shown as "—" and failures are listed with their reason.
+"""
+
+import argparse
+import glob
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from suite import BACKENDS, read_csv  # noqa: E402  (stdlib only)
+
+DASH = "—"
+REGENERATE = ("LITERT_TORCH_PATH=<litert-torch dir> python benchmarks/suite.py && "
+              "python benchmarks/make_table.py benchmarks/results/suite_<date>.csv")
+TIMM_TARGET = 1.25   # best backend img/s / timm img/s, issue 11
+TFLITE_TARGET = 0.8  # our TFLite ms / litert-torch ms, issue 11
+SGEMM_TARGET = 0.5   # achieved GFLOP/s / machine sgemm, matmul-bound models
+
+
+def _num(value):
+    return None if value in (None, "") else float(value)
+
+
+def _fmt(value, digits=1, suffix=""):
+    value = _num(value)
+    return DASH if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def latest(rows):
+    """``{(model, measurement, impl, mode, batch, threads): row}``: per key, the row of
+    the latest run that has a value, else the latest row (a failure, for its note)."""
+    best = {}
+    for r in sorted(rows, key=lambda r: r.get("run_id") or ""):  # stable: file order
+        key = (r["model"], r["measurement"], r["impl"], r["mode"], r["batch"], r["threads"])
+        old = best.get(key)
+        if old is None or r["value"] is not None or old["value"] is None:
+            best[key] = r
+    return best
+
+
+class Results:
+    """Lookup over the latest suite rows."""
+
+    def __init__(self, rows):
+        self.rows = rows
+        self.cells = latest(rows)
+        self.models = list(dict.fromkeys(r["model"] for r in rows if r["model"]))
+        self.batches = sorted({int(r["batch"]) for r in rows
+                               if r["measurement"] == "throughput" and r["batch"]})
+        self.threads = sorted({int(r["threads"]) for r in rows
+                               if r["measurement"] == "tflite_latency" and r["threads"]})
+
+    def row(self, model, measurement, impl, mode=None, batch=None, threads=None):
+        for key, r in self.cells.items():
+            if key[:3] != (model, measurement, impl):
+                continue
+            if mode is not None and key[3] != mode:
+                continue
+            if batch is not None and (key[4] is None or int(key[4]) != batch):
+                continue
+            if threads is not None and (key[5] is None or int(key[5]) != threads):
+                continue
+            return r
+        return None
+
+    def value(self, *args, **kwargs):
+        r = self.row(*args, **kwargs)
+        return None if r is None else _num(r["value"])
+
+    def fact(self, model, measurement):
+        return self.value(model, measurement, "registry")
+
+    def timm_name(self, model):
+        for r in self.rows:
+            if r["model"] == model and r.get("timm_model"):
+                return r["timm_model"]
+        return None
+
+    def ours(self, model, batch):
+        """``{backend: img/s}`` of our throughput rows with a value."""
+        out = {}
+        for b in BACKENDS:
+            v = self.value(model, "throughput", b, batch=batch)
+            if v is not None:
+                out[b] = v
+        return out
+
+    def best_ours(self, model, batch):
+        ours = self.ours(model, batch)
+        if not ours:
+            return None, None
+        backend = max(ours, key=ours.get)
+        return backend, ours[backend]
+
+    def timm(self, model, batch, mode):
+        return self.value(model, "throughput", "timm", mode=mode, batch=batch)
+
+    def best_timm(self, model, batch):
+        values = [v for v in (self.timm(model, batch, "eager"),
+                              self.timm(model, batch, "torch.compile")) if v]
+        return max(values) if values else None
+
+    def timm_ratio(self, model, batch):
+        _, best = self.best_ours(model, batch)
+        ref = self.best_timm(model, batch)
+        return best / ref if best and ref else None
+
+    def tflite_ratio(self, model, threads):
+        ours = self.value(model, "tflite_latency", "visionzoo", threads=threads)
+        theirs = self.value(model, "tflite_latency", "litert-torch", threads=threads)
+        return ours / theirs if ours and theirs else None
+
+    def best_sgemm(self, run_id):
+        """The best sgemm GFLOP/s measured in run ``run_id`` (start or end), or None."""
+        values = [_num(r["value"]) for r in self.rows if r["measurement"] == "sgemm"
+                  and r["value"] is not None and r.get("run_id") == run_id]
+        return max(values) if values else None
+
+    def sgemm(self):
+        """``[(impl, GFLOP/s, note, load)]`` of every sgemm row with a value."""
+        return [(r["impl"], _num(r["value"]), r["note"], r["load1"]) for r in self.rows
+                if r["measurement"] == "sgemm" and r["value"] is not None]
+
+
+def _mib(value):
+    value = _num(value)
+    return DASH if value is None else f"{value / 2**20:.1f}"
+
+
+def _table(header, body, align):
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(":--" if a == "l" else "--:" for a in align) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return lines
+
+
+def _header(res, sources):
+    r0 = res.rows[0]
+    loads = [float(r["load1"]) for r in res.rows if r.get("load1")]
+    runs = sorted({r["date"] for r in res.rows if r.get("date")})
+    versions = ", ".join(f"{label} {r0.get(key) or 'n/a'}" for label, key in (
+        ("python", "python"), ("numpy", "numpy"), ("keras", "keras"), ("jax", "jax"),
+        ("tensorflow", "tensorflow"), ("torch", "torch"), ("timm", "timm"),
+        ("ai-edge-litert", "ai_edge_litert"), ("litert-torch", "litert_torch")))
+    sg = res.sgemm()
+    lines = [
+        "# Model table",
+        "",
+        "<!-- Generated by benchmarks/make_table.py from "
+        + ", ".join(os.path.relpath(s, ROOT) for s in sources)
+        + ". Do not edit by hand: regenerate. -->",
+        "",
+        f"**Generated** from `{', '.join(os.path.relpath(s, ROOT) for s in sources)}` "
+        f"(benchmark run{'s' if len(runs) > 1 else ''} {', '.join(runs) or 'n/a'}). "
+        f"Regenerate with `{REGENERATE}` (or only the last step, from the committed CSV).",
+        "",
+        f"**Machine:** {r0.get('cpu') or 'n/a'}, {r0.get('cores') or 'n/a'} CPUs; "
+        + (f"1-minute load average during the run {min(loads):.2f}–{max(loads):.2f} "
+           "(the benchmark's own threads included)" if loads else "load not recorded")
+        + ". **Versions:** " + versions + ".",
+        "",
+        "**Machine sgemm** (fp32 N×N matmul, measured in the same run): "
+        + ("; ".join(f"{impl} {v:.1f} GFLOP/s ({note or ''}, load {load})"
+                     for impl, v, note, load in sg) if sg else DASH) + ".",
+        "",
+        "All numbers: fp32, random weights, CPU, each model at its default input size; "
+        "median of the timed calls after warm-up. Ours = `predict_on_batch` (JAX: XLA "
+        "jit; TensorFlow: tf.function; torch: eager). timm in its own process, eager and "
+        "`torch.compile` (inductor). GFLOPs = 2 × GMACs. "
+        + (f"**The machine was shared (load up to {max(loads):.1f} on "
+           f"{r0.get('cores')} CPUs): numbers are noisy.** "
+           if loads and r0.get("cores") and max(loads) > float(r0["cores"]) + 0.5 else "")
+        + f"{DASH} = not measured or failed (reasons at the end).",
+    ]
+    return lines
+
+
+def _models_table(res):
+    body = []
+    for m in res.models:
+        params, gmacs = res.fact(m, "params"), res.fact(m, "gmacs")
+        body.append([m, res.timm_name(m) or DASH,
+                     DASH if params is None else f"{params / 1e6:.1f}",
+                     _fmt(gmacs, 2), DASH if gmacs is None else f"{2 * gmacs:.2f}",
+                     _fmt(res.fact(m, "top1_published"))])
+    return _table(["model", "timm name", "params (M)", "GMACs", "GFLOPs",
+                   "top-1 % (published)"], body, "llrrrr")
+
+
+def _throughput_table(res, batch):
+    body = []
+    for m in res.models:
+        ours = res.ours(m, batch)
+        backend, best = res.best_ours(m, batch)
+        eager = res.timm(m, batch, "eager")
+        ratio_eager = best / eager if best and eager else None
+        ratio = res.timm_ratio(m, batch)
+        best_row = res.row(m, "throughput", backend, batch=batch) if backend else None
+        gflops = _num(best_row["gflops_achieved"]) if best_row else None
+        sgemm = res.best_sgemm(best_row.get("run_id")) if best_row else None
+        frac = gflops / sgemm if gflops and sgemm else None
+        body.append([m] + [_fmt(ours.get(b)) for b in BACKENDS]
+                    + [_fmt(eager), _fmt(res.timm(m, batch, "torch.compile")),
+                       _fmt(ratio_eager, 2, "×"),
+                       _fmt(ratio, 2, "×") + ("" if ratio is None or ratio >= TIMM_TARGET
+                                              else " ✗"),
+                       _fmt(gflops), DASH if frac is None else f"{100 * frac:.0f} %"])
+    header = (["model"] + [f"{b}" for b in BACKENDS]
+              + ["timm eager", "timm compile", "best / timm eager",
+                 f"best / best timm (target ≥ {TIMM_TARGET}×)", "best GFLOP/s",
+                 "% of sgemm"])
+    return _table(header, body, "l" + "r" * (len(header) - 1))
+
+
+def _tflite_table(res):
+    body = []
+    for m in res.models:
+        cells = [m]
+        for impl in ("visionzoo", "litert-torch"):
+            cells += [_fmt(res.value(m, "tflite_latency", impl, threads=t))
+                      for t in res.threads]
+        for t in res.threads:
+            ratio = res.tflite_ratio(m, t)
+            cells.append(_fmt(ratio, 2, "×") + ("" if ratio is None or ratio <= TFLITE_TARGET
+                                                else " ✗"))
+        cells += [_mib(res.value(m, "tflite_size", "visionzoo", mode=q))
+                  for q in ("fp32", "fp16", "int8")]
+        cells.append(_mib(res.value(m, "tflite_size", "litert-torch", mode="fp32")))
+        body.append(cells)
+    header = (["model"] + [f"ours {t}T ms" for t in res.threads]
+              + [f"litert-torch {t}T ms" for t in res.threads]
+              + [f"ours / litert-torch {t}T" for t in res.threads]
+              + ["ours fp32 MiB", "ours fp16 MiB", "ours int8 MiB", "litert-torch MiB"])
+    return _table(header, body, "l" + "r" * (len(header) - 1))
+
+
+def _targets(res):
+    lines = []
+    misses = []
+    for m in res.models:
+        for b in res.batches:
+            ratio = res.timm_ratio(m, b)
+            if ratio is not None and ratio < TIMM_TARGET:
+                misses.append(f"{m} (batch {b}: {ratio:.2f}×)")
+    lines.append(f"- Below {TIMM_TARGET}× the best timm img/s on our best backend: "
+                 + (", ".join(misses) if misses else "none") + ".")
+    slow = []
+    for m in res.models:
+        for t in res.threads:
+            ratio = res.tflite_ratio(m, t)
+            if ratio is not None and ratio > TFLITE_TARGET:
+                slow.append(f"{m} ({t}T: {ratio:.2f}×)")
+    lines.append(f"- TFLite latency above {TFLITE_TARGET}× litert-torch's: "
+                 + (", ".join(slow) if slow else "none") + ".")
+    return lines
+
+
+def _failures(res):
+    lines = []
+    for r in res.cells.values():
+        if r["value"] is None and r["measurement"] != "sgemm":
+            what = " ".join(str(x) for x in (r["measurement"], r["impl"], r["mode"],
+                                             f"b{r['batch']}" if r["batch"] else None,
+                                             f"{r['threads']}T" if r["threads"] else None)
+                            if x)
+            lines.append(f"- {r['model'] or 'machine'} — {what}: {r['note'] or 'no value'}")
+    return lines
+
+
+def markdown(rows, sources):
+    """The text of docs/models.md for suite ``rows`` read from ``sources``."""
+    res = Results(rows)
+    lines = _header(res, sources)
+    lines += ["", "## Models", ""] + _models_table(res)
+    for batch in res.batches:
+        lines += ["", f"## Throughput, batch {batch} (images/s)", ""]
+        lines += _throughput_table(res, batch)
+    lines += ["", "\"% of sgemm\" = best backend's achieved GFLOP/s (2 × GMACs × img/s) "
+              "over the best sgemm rate the machine showed in the same run (start or end) "
+              f"(target ≥ {100 * SGEMM_TARGET:.0f} % for matmul-bound models)."]
+    if res.threads:
+        lines += ["", "## TFLite (batch 1, fp32, XNNPACK in ai-edge-litert)", ""]
+        lines += _tflite_table(res)
+        lines += ["", "Ours: `visionzoo.export.to_tflite` (builtin ops; int8 calibrated on "
+                  "a few random images, for the size only). litert-torch: timm's model "
+                  "converted by `litert_torch.convert` (zero-initialised tensors re-drawn "
+                  "first, so no branch is folded away)."]
+    lines += ["", "## Targets (issue 11)", ""] + _targets(res)
+    failures = _failures(res)
+    if failures:
+        lines += ["", "## Missing measurements", ""] + failures
+    lines += ["", "![published top-1 vs. measured latency](top1_vs_latency.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    """Published top-1 vs. measured batch-1 latency (best backend, TFLite 1 thread)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    res = Results(rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    series = (("best Keras backend, batch 1", "o", lambda m: (
+        1000.0 / res.best_ours(m, 1)[1]) if res.best_ours(m, 1)[1] else None),
+        ("TFLite fp32, 1 thread", "s", lambda m: res.value(
+            m, "tflite_latency", "visionzoo", threads=1)))
+    plotted = 0
+    for label, marker, latency in series:
+        xs, ys, names = [], [], []
+        for m in res.models:
+            top1, ms = res.fact(m, "top1_published"), latency(m)
+            if top1 is not None and ms:
+                xs.append(ms)
+                ys.append(top1)
+                names.append(m)
+        if xs:
+            ax.scatter(xs, ys, marker=marker, label=label)
+            plotted += len(xs)
+            if marker == "o":
+                for x, y, n in zip(xs, ys, names):
+                    ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4),
+                                fontsize=7)
+    ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("measured latency, ms (log scale)")
+    ax.set_ylabel("published ImageNet top-1 %")
+    r0 = rows[0] if rows else {}
+    ax.set_title(f"visionzoo: top-1 vs. latency — {r0.get('cpu') or ''}, "
+                 f"{(r0.get('date') or '')[:10]}", fontsize=9)
+    if plotted:
+        ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return plotted
+
+
+def newest_csv():
+    found = sorted(glob.glob(os.path.join(HERE, "results", "suite_*.csv")))
+    if not found:
+        raise SystemExit("no benchmarks/results/suite_*.csv: run benchmarks/suite.py")
+    return found[-1]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("csv", nargs="*", help="suite CSVs (default: the newest)")
+    p.add_argument("--md", default=os.path.join(ROOT, "docs", "models.md"))
+    p.add_argument("--png", default=os.path.join(ROOT, "docs", "top1_vs_latency.png"))
+    args = p.parse_args(argv)
+    sources = [os.path.abspath(c) for c in (args.csv or [newest_csv()])]
+    rows = read_csv(sources)
+    if not rows:
+        raise SystemExit("no rows in " + ", ".join(sources))
+    text = markdown(rows, sources)
+    os.makedirs(os.path.dirname(os.path.abspath(args.md)), exist_ok=True)
+    with open(args.md, "w") as f:
+        f.write(text)
+    plot(rows, args.png)
+    print(f"wrote {args.md} and {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
