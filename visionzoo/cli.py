@@ -5,6 +5,8 @@
     visionzoo verify TARGET [--size H W] [--seed N]
     visionzoo export NAME --format tflite [--quantize fp16|int8] [--input-size H W]
     visionzoo demo [--epochs N] [--out DIR]
+    visionzoo train NAME --data tfds:NAME|FOLDER|FILE.npz [--epochs N] [--batch-size B]
+                    [--image-size S] [--lr LR] [--weights TAG] [--out DIR] [...]
     visionzoo bench NAME... [--batch 8] [--vs timm|diffusers]
     visionzoo predict --task restore NAME IN.png --out OUT.png [--weights TAG|PATH]
     visionzoo predict --task detect|segment MODEL.keras IN.png --out OUT.png
@@ -50,6 +52,12 @@ def _cmd_demo(args):
     from visionzoo.training.demo import run_demo
 
     return run_demo(args)
+
+
+def _cmd_train(args):
+    from visionzoo.training.finetune import train_cli
+
+    return train_cli(args)
 
 
 def _cmd_bench(args):
@@ -203,6 +211,13 @@ def build_parser():
     s.add_argument("--out", default="visionzoo_demo", help="output folder")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_demo)
+
+    from visionzoo.training.finetune import add_train_arguments
+
+    s = sub.add_parser("train", help="fine-tune a model on your images (tfds, folder, npz); "
+                                     "resumable; exports .keras and TFLite")
+    add_train_arguments(s)
+    s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("bench", help="img/s on this backend (and timm's with --vs timm)")
     s.add_argument("names", nargs="+")
