@@ -139,13 +139,7 @@ def failed_row(reason, **fields):
 
 def write_csv(rows, path):
     """Append ``rows`` to the CSV at ``path`` (header written when the file is new)."""
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    bench.append_csv(rows, path, fieldnames=FIELDS)
 
 
 def read_csv(paths):

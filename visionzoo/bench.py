@@ -565,13 +565,15 @@ def format_table(rows):
     return "\n".join(head + [""] + lines + (["", "notes:"] + notes if notes else []))
 
 
-def append_csv(rows, path):
-    """Append ``rows`` to the CSV at ``path``, writing the header if the file is new."""
+def append_csv(rows, path, fieldnames=None):
+    """Append ``rows`` to the CSV at ``path``, writing the header if the file is new.
+    Columns: ``fieldnames`` (default: ``CSV_FIELDS``, the ``visionzoo bench`` ones)."""
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fieldnames or CSV_FIELDS,
+                                extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(rows)
