@@ -1,8 +1,14 @@
-"""Training helpers and the end-to-end demo behind ``visionzoo demo``.
+"""Training: fine-tuning, data pipelines, recipes, multi-device, and the end-to-end demo.
 
-    from visionzoo.training.demo import demo
+    from visionzoo.training.finetune import finetune        # `visionzoo train`
+    result = finetune("poolformerv2_s12", "tfds:beans", weights="in1k", epochs=10)
+
+    from visionzoo.training import distribution             # several devices
+    with distribution.scope("data_parallel"):
+        ...
+
+    from visionzoo.training.demo import demo                # `visionzoo demo`
     results = demo(out="visionzoo_demo")   # train, export to TFLite, run it
-    print(results["keras"]["test_accuracy"])
 
-The submodule is imported on use only (it pulls in Keras and scikit-learn).
+Submodules are imported on use only (they pull in Keras, TensorFlow, scikit-learn).
 """
