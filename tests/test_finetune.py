@@ -307,6 +307,8 @@ def test_train_cli_writes_the_run_and_exports_tflite(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_classes"] == 10 and summary["best_epoch"] == 1
     assert summary["tflite_bytes"] > 1e6
+    assert summary["tflite_checked_images"] == summary["num_val"]
+    assert summary["tflite_agreement"] >= 0.98  # the file predicts what Keras does
     assert abs(summary["tflite_val_accuracy"] - summary["best_val_accuracy"]) < 0.02
     assert (out / "best.tflite").exists() and (out / "curves.png").exists()
 
@@ -373,3 +375,18 @@ def test_data_parallel_finetune_matches_one_device(tmp_path):
     assert (one["devices"], two["devices"]) == (1, 2)
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)
     np.testing.assert_allclose(two["val"], one["val"], rtol=1e-4)
+
+
+def test_bad_calls_write_nothing(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="mixed_precision"):
+        finetune(_tiny_model(), _digits(), output_dir=str(out), mixed_precision="bf16")
+    with pytest.raises(ValueError, match="Did you mean 'data_parallel'"):
+        finetune(_tiny_model(), _digits(), output_dir=str(out), distribution="data_paralel")
+    with pytest.raises(ValueError, match="layer_decay"):
+        finetune(_tiny_model(), _digits(), output_dir=str(out), layer_decay=1.5)
+    with pytest.raises(ValueError, match="poolformerv2_s12"):  # close-match hint
+        finetune("poolformerv2_s13", _digits(), output_dir=str(out))
+    with pytest.raises(ValueError, match="outputs 10 classes; the data has 3"):
+        finetune(_tiny_model(), (_digits()[0], _digits()[1] % 3), output_dir=str(out))
+    assert not out.exists()

@@ -34,17 +34,15 @@ from keras import ops
 
 from visionzoo.backbones.base import ZooBackbone
 from visionzoo.heads import center3d
-from visionzoo.heads.center3d import (bev_nms, center_heatmap_loss, center_losses,
+# The detector's losses and decoding live in visionzoo.heads.center3d; they stay
+# importable from here as before.
+from visionzoo.heads.center3d import (bev_nms, center_heatmap_loss, center_losses,  # noqa: F401
                                       center_regression_loss, decode_centers,
                                       rotated_iou_matrix)
 from visionzoo.layers.activations import GELU
 from visionzoo.layers.voxel import BEVScatter, PillarVoxelizer, PointFeatureNet, batched_take
 
 ORDERINGS = ("x", "x_shift", "y", "y_shift")
-# The detector's losses and decoding live in visionzoo.heads.center3d; importable from
-# here as before.
-_CENTER3D = (bev_nms, center_heatmap_loss, center_losses, center_regression_loss,
-             decode_centers, rotated_iou_matrix)
 
 # --------------------------------------------------------------------------------------
 # Family-only blocks

@@ -499,11 +499,14 @@ class ImageData:
                                    tf.one_hot(y, self.num_classes)))
         return ds.batch(batch_size or self.batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def val_arrays(self):
-        """Validation (images, integer labels) as numpy, for TFLite checks."""
+    def val_arrays(self, limit=None):
+        """Validation (images, integer labels) as numpy, for TFLite checks: all of them,
+        or the first ``limit``."""
         ds = self.val_dataset()
         if ds is None:
             return None, None
+        if limit is not None:
+            ds = ds.unbatch().take(int(limit)).batch(self.batch_size)
         xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
         return np.concatenate(xs), np.concatenate(ys).argmax(-1)
 

@@ -35,6 +35,7 @@ import numpy as np
 from visionzoo.training.data import Augment, Preprocessing, _pair, load_image_data
 
 _STATE = "state.json"
+TFLITE_CHECK_IMAGES = 2048  # validation images the exported file is checked on
 _LAST = "last.weights.h5"
 
 
@@ -88,56 +89,55 @@ def _current_lr(model):
     return float(np.asarray(lr.numpy() if hasattr(lr, "numpy") else lr))
 
 
-class _Progress:
-    """Bookkeeping callback: history rows, resumable checkpoint, best weights."""
+def _progress_callback(out, state, monitor_val):
+    """The bookkeeping callback: history rows, resumable checkpoint, best weights.
+    (Defined on call: this module is imported by the CLI parser, without Keras.)"""
+    import keras
 
-    def __new__(cls, *args, **kwargs):
-        import keras
+    class Progress(keras.callbacks.Callback):
+        def __init__(self, out, state, monitor_val):
+            super().__init__()
+            self.out, self.state, self.monitor_val = out, state, monitor_val
 
-        class Progress(keras.callbacks.Callback):
-            def __init__(self, out, state, monitor_val):
-                super().__init__()
-                self.out, self.state, self.monitor_val = out, state, monitor_val
+        def on_epoch_end(self, epoch, logs=None):
+            row = {"epoch": epoch + 1, "learning_rate": _current_lr(self.model)}
+            row.update({k: float(v) for k, v in (logs or {}).items()
+                        if k != "learning_rate"})
+            state = self.state
+            state["history"].append(row)
+            score = row.get("val_accuracy") if self.monitor_val else None
+            if score is not None and score > state["best_val_accuracy"]:
+                state["best_val_accuracy"], state["best_epoch"] = score, epoch + 1
+                self._save_best()
+            elif score is None:
+                state["best_epoch"] = epoch + 1
+                self._save_best()
+            # Last: the model + optimizer state, then the json that points at it.
+            ckpt = os.path.join(self.out, "checkpoint")
+            _atomic(os.path.join(ckpt, _LAST), self.model.save_weights)
+            state["epoch"] = epoch + 1
+            state["seed_states"] = [np.asarray(v.value).tolist()
+                                    for v in _seed_states(self.model)]
+            _save_json(os.path.join(ckpt, _STATE), state)
+            _write_history(self.out, state["history"])
 
-            def on_epoch_end(self, epoch, logs=None):
-                row = {"epoch": epoch + 1, "learning_rate": _current_lr(self.model)}
-                row.update({k: float(v) for k, v in (logs or {}).items()
-                            if k != "learning_rate"})
-                state = self.state
-                state["history"].append(row)
-                score = row.get("val_accuracy") if self.monitor_val else None
-                if score is not None and score > state["best_val_accuracy"]:
-                    state["best_val_accuracy"], state["best_epoch"] = score, epoch + 1
-                    self._save_best()
-                elif score is None:
-                    state["best_epoch"] = epoch + 1
-                    self._save_best()
-                # Last: the model + optimizer state, then the json that points at it.
-                ckpt = os.path.join(self.out, "checkpoint")
-                _atomic(os.path.join(ckpt, _LAST), self.model.save_weights)
-                state["epoch"] = epoch + 1
-                state["seed_states"] = [np.asarray(v.value).tolist()
-                                        for v in _seed_states(self.model)]
-                _save_json(os.path.join(ckpt, _STATE), state)
-                _write_history(self.out, state["history"])
+        def _save_best(self):
+            path = os.path.join(self.out, "best.weights.h5")
+            ema = _ema_variables(self.model)
+            if ema is None:
+                _atomic(path, self.model.save_weights)
+                return
+            # Validation ran on the EMA weights: save those, then put the raw back.
+            raw = [v.numpy() for v in self.model.trainable_variables]
+            for v, a in zip(self.model.trainable_variables, ema):
+                v.assign(a)
+            try:
+                _atomic(path, self.model.save_weights)
+            finally:
+                for v, value in zip(self.model.trainable_variables, raw):
+                    v.assign(value)
 
-            def _save_best(self):
-                path = os.path.join(self.out, "best.weights.h5")
-                ema = _ema_variables(self.model)
-                if ema is None:
-                    _atomic(path, self.model.save_weights)
-                    return
-                # Validation ran on the EMA weights: save those, then put the raw back.
-                raw = [v.numpy() for v in self.model.trainable_variables]
-                for v, a in zip(self.model.trainable_variables, ema):
-                    v.assign(a)
-                try:
-                    _atomic(path, self.model.save_weights)
-                finally:
-                    for v, value in zip(self.model.trainable_variables, raw):
-                        v.assign(value)
-
-        return Progress(*args, **kwargs)
+    return Progress(out, state, monitor_val)
 
 
 def _write_history(out, history):
@@ -302,10 +302,23 @@ def finetune(model, data, *, epochs=10, batch_size=32, image_size=None, learning
 
     from visionzoo.training.recipe import make_optimizer
 
+    from visionzoo.training.recipe import MIXED_POLICIES
+
+    # Argument checks first: a bad call writes nothing.
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1; got {epochs}, {batch_size}.")
+    if mixed_precision not in (None, "float32", *MIXED_POLICIES):
+        raise ValueError(f"mixed_precision must be None, 'float32' or one of "
+                         f"{MIXED_POLICIES}; got {mixed_precision!r}.")
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}.")
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}.")
+    if distribution not in (None, "none"):
+        from visionzoo.training.distribution import _check_mode
+
+        _check_mode(distribution)
     out = os.fspath(output_dir)
-    os.makedirs(os.path.join(out, "checkpoint"), exist_ok=True)
     if isinstance(model, str):
         pre = Preprocessing.for_model(model, image_size, crop_pct)
     elif callable(model) and not isinstance(model, keras.Model):
@@ -333,8 +346,7 @@ def finetune(model, data, *, epochs=10, batch_size=32, image_size=None, learning
         with open(state_path) as f:
             state = json.load(f)
         say(f"Resuming {out} after epoch {state['epoch']}.")
-    elif os.path.exists(state_path):
-        os.remove(state_path)
+    stale = os.path.exists(state_path) and not resume  # removed once training starts
     initial_epoch = int(state["epoch"])
     val_ds = data_.val_dataset()
 
@@ -359,10 +371,13 @@ def finetune(model, data, *, epochs=10, batch_size=32, image_size=None, learning
             net.load_weights(os.path.join(out, "checkpoint", _LAST))
             for v, value in zip(_seed_states(net), state.get("seed_states", [])):
                 v.assign(np.asarray(value, dtype=v.dtype))
+        os.makedirs(os.path.join(out, "checkpoint"), exist_ok=True)
+        if stale:
+            os.remove(state_path)
         cbs = []
         if ema_decay:
             cbs.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=False))
-        cbs.append(_Progress(out, state, monitor_val=val_ds is not None))
+        cbs.append(_progress_callback(out, state, monitor_val=val_ds is not None))
         cbs.extend(callbacks)
         start = time.perf_counter()
         if initial_epoch < epochs:
@@ -408,9 +423,14 @@ def finetune(model, data, *, epochs=10, batch_size=32, image_size=None, learning
         report = to_tflite(export_model, paths["tflite"], input_size=pre.image_size)
         summary["tflite_bytes"] = report.size_bytes
         if val_ds is not None:
-            x_val, y_val = data_.val_arrays()
+            # Bounded: a large validation split would not fit in memory as one array.
+            x_val, y_val = data_.val_arrays(limit=TFLITE_CHECK_IMAGES)
             pred = tflite_predict(paths["tflite"], x_val)
+            keras_pred = export_model.predict(x_val, verbose=0, batch_size=batch_size)
+            summary["tflite_checked_images"] = int(len(y_val))
             summary["tflite_val_accuracy"] = float(np.mean(pred.argmax(-1) == y_val))
+            summary["tflite_agreement"] = float(np.mean(pred.argmax(-1) ==
+                                                        keras_pred.argmax(-1)))
     _save_json(os.path.join(out, "summary.json"), summary)
     say(f"Best epoch {state['best_epoch']}: validation accuracy "
         f"{'-' if best_val is None else f'{100 * best_val:.2f}%'}"
