@@ -107,6 +107,77 @@ def test_padded_depthwise_conv_matches_torch():
     np.testing.assert_allclose(y, ref.numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,stride,dilation,padding", [
+    (7, 1, 1, "same"), (3, 2, 1, "same"), (4, 2, 1, "same"), (3, 1, 2, "same"),
+    (5, 2, 1, "valid"), (3, 3, 1, "valid")])
+def test_depthwise_conv_matches_torch(kernel, stride, dilation, padding):
+    """The JAX fast path (shifted slices) and the native kernels agree with torch at
+    every stride, dilation and Keras padding, bias included, forward and gradient."""
+    x = _rand(2, 13, 10, 6)
+    w = _rand(6, 1, kernel, kernel, seed=1)
+    b = _rand(6, seed=2)
+    layer = L.DepthwiseConv2D(kernel, strides=stride, dilation_rate=dilation,
+                              padding=padding)
+    layer.build(x.shape)
+    layer.set_weights([w.transpose(2, 3, 0, 1), b])
+    y = _roundtrip(layer, x)
+    t = torch.from_numpy(x).permute(0, 3, 1, 2)
+    if padding == "same":  # TF's rule: the extra row/column goes after
+        span = (kernel - 1) * dilation + 1
+        pads = []
+        for size in (10, 13):  # F.pad order: last axis first
+            total = max((-(-size // stride) - 1) * stride + span - size, 0)
+            pads += [total // 2, total - total // 2]
+        t = F.pad(t, pads)
+    ref = F.conv2d(t, torch.from_numpy(w), torch.from_numpy(b), stride=stride,
+                   dilation=dilation, groups=6).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+    # Gradients: sum(out * g) w.r.t. the input equals the native depthwise conv's.
+    g = _rand(*ref.shape, seed=3)
+    native = keras.ops.depthwise_conv(x, w.transpose(2, 3, 0, 1), strides=stride,
+                                      padding=padding, dilation_rate=dilation)
+    np.testing.assert_allclose(_np(native) + b, ref, atol=1e-5)
+    grads = []
+    for fn in (lambda v: L.depthwise_conv(v, w.transpose(2, 3, 0, 1), stride, padding,
+                                          dilation),
+               lambda v: keras.ops.depthwise_conv(v, w.transpose(2, 3, 0, 1), stride,
+                                                  padding, dilation_rate=dilation)):
+        grads.append(_input_grad(fn, x, g))
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-4)
+
+
+def test_depthwise_conv_in_model_with_unknown_spatial_size():
+    """Symbolic (None) height/width: the layers build inside a functional model and
+    then run on concrete sizes, including odd ones at stride 2."""
+    inputs = keras.Input((None, None, 4))
+    a = L.DepthwiseConv2D(3, strides=2, padding="same")(inputs)
+    b = L.PaddedDepthwiseConv2D(5, torch_padding=2)(inputs)
+    model = keras.Model(inputs, [a, b])
+    x = _rand(1, 9, 11, 4)
+    ya, yb = (_np(t) for t in model(x))
+    assert ya.shape == (1, 5, 6, 4) and yb.shape == (1, 9, 11, 4)
+    ka = model.layers[1].get_weights()[0]
+    ref = keras.ops.depthwise_conv(x, ka, 2, "same") + model.layers[1].get_weights()[1]
+    np.testing.assert_allclose(ya, _np(ref), atol=1e-5)
+
+
+def _input_grad(fn, x, g):
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+        return np.asarray(jax.grad(lambda v: (fn(v) * g).sum())(x))
+    if backend == "tensorflow":
+        import tensorflow as tf
+        v = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            loss = tf.reduce_sum(fn(v) * g)
+        return tape.gradient(loss, v).numpy()
+    v = torch.tensor(x, requires_grad=True)
+    (fn(v) * torch.from_numpy(g)).sum().backward()
+    return v.grad.numpy()
+
+
 def test_attention_matches_torch_sdpa():
     x = _rand(2, 4, 5, 64)
     layer = L.MultiHeadSelfAttention(num_heads=2, head_dim=32)

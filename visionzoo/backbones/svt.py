@@ -28,7 +28,8 @@ import numpy as np
 from keras import ops
 
 from visionzoo.backbones.base import ZooBackbone
-from visionzoo.layers import GELU, LayerNorm, MultiHeadSelfAttention, PaddedConv2D, residual_add
+from visionzoo.layers import (GELU, DepthwiseConv2D, LayerNorm, MultiHeadSelfAttention,
+                              PaddedConv2D, residual_add)
 from visionzoo.layers.class_attention import ClassAttention
 from visionzoo.layers.dtcwt import BIORTHOGONAL_FILTERS, DTCWTForward, DTCWTInverse
 
@@ -189,7 +190,7 @@ def svt_block(x, scatter, num_heads, mlp_ratio, drop_path, weight_grid, name):
     y = LayerNorm(epsilon=1e-6, name=f"{name}-norm2")(x)
     hidden = int(dim * mlp_ratio)
     y = keras.layers.Dense(hidden, name=f"{name}-mlp-fc1")(y)
-    y = keras.layers.DepthwiseConv2D(3, padding="same", name=f"{name}-mlp-dwconv-dwconv")(y)
+    y = DepthwiseConv2D(3, padding="same", name=f"{name}-mlp-dwconv-dwconv")(y)
     y = GELU(name=f"{name}-mlp-act")(y)
     y = keras.layers.Dense(dim, name=f"{name}-mlp-fc2")(y)
     return residual_add(x, y, drop_path, name, 2)

@@ -7,7 +7,8 @@ it replaces (explicit epsilons, exact GELU, torch-style padding and pooling).
 
 from visionzoo.layers.activations import GELU, SquaredReLU, StarReLU
 from visionzoo.layers.attention import MultiHeadSelfAttention
-from visionzoo.layers.conv import PaddedConv2D, PaddedDepthwiseConv2D
+from visionzoo.layers.conv import (DepthwiseConv2D, PaddedConv2D, PaddedDepthwiseConv2D,
+                                    depthwise_conv)
 from visionzoo.layers.downsample import ConvDownsample
 from visionzoo.layers.gnconv import GlobalLocalFilter, GnConv
 from visionzoo.layers.inception_mixer import HighFrequencyMixer, InceptionMixer, LowFrequencyMixer
@@ -22,6 +23,7 @@ __all__ = [
     "AvgPool2DNoPadCount",
     "ConvDownsample",
     "DTCWTForward",
+    "DepthwiseConv2D",
     "DTCWTInverse",
     "DropPath",
     "GELU",
@@ -42,5 +44,6 @@ __all__ = [
     "SquaredReLU",
     "StarReLU",
     "WindowAttention",
+    "depthwise_conv",
     "residual_add",
 ]

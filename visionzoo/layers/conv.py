@@ -6,6 +6,8 @@ These layers pad explicitly (``ops.pad``) and then run a "valid" convolution, so
 weights converted from PyTorch give the same outputs at every stride.
 """
 
+import math
+
 import keras
 from keras import ops
 
@@ -16,6 +18,81 @@ def _pair(v):
             raise ValueError(f"Expected an int or a pair, got {v!r}.")
         return tuple(int(i) for i in v)
     return (int(v), int(v))
+
+
+def _same_padding(size, k, stride, dilation):
+    """TF/Keras "same" padding ``(before, after)`` for one spatial axis."""
+    span = (k - 1) * dilation + 1
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + span - size, 0)
+    return total // 2, total - total // 2
+
+
+def depthwise_conv(x, kernel, strides=1, padding="valid", dilation_rate=1):
+    """``ops.depthwise_conv`` on NHWC tensors, with a fast path on JAX.
+
+    XLA:CPU lowers a grouped (depthwise) convolution to a slow generic loop: a 7x7
+    depthwise conv on ``(1, 56, 56, 128)`` takes ~25 ms there against ~1 ms when written
+    as the sum of the ``kh * kw`` shifted (and strided) slices of the padded input times
+    one kernel tap each, which XLA fuses into one loop. On JAX with a depth multiplier of
+    1 that form is used; the result equals the convolution up to float32 summation
+    order. Other backends call their native depthwise kernels.
+    """
+    strides = _pair(strides)
+    dilation = _pair(dilation_rate)
+    kh, kw, channels, mult = kernel.shape
+    if keras.config.backend() != "jax" or mult != 1 or len(x.shape) != 4:
+        return ops.depthwise_conv(x, kernel, strides=strides, padding=padding,
+                                  dilation_rate=dilation)
+    (sh, sw), (dh, dw) = strides, dilation
+    span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if padding == "same":
+        h, w = x.shape[1], x.shape[2]
+        if (sh, sw) == (1, 1) and span_h % 2 and span_w % 2:
+            pads = ((span_h // 2,) * 2, (span_w // 2,) * 2)
+        elif h is None or w is None:  # symbolic shapes: padding depends on the size
+            return ops.depthwise_conv(x, kernel, strides=strides, padding=padding,
+                                      dilation_rate=dilation)
+        else:
+            pads = (_same_padding(h, kh, sh, dh), _same_padding(w, kw, sw, dw))
+        x = ops.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    elif padding != "valid":
+        raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}.")
+    h, w = x.shape[1], x.shape[2]
+    if (h is not None and h < span_h) or (w is not None and w < span_w):
+        raise ValueError(f"A {kh}x{kw} depthwise kernel (dilation {dilation}) does not fit "
+                         f"the padded {h}x{w} input.")
+    taps = kernel[:, :, :, 0]
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            # Rows top, top + sh, ... that leave room for the rest of the kernel below
+            # (negative stops, so symbolic sizes work too).
+            top, left = i * dh, j * dw
+            bottom, right = span_h - 1 - top, span_w - 1 - left
+            window = x[:, top:-bottom or None:sh, left:-right or None:sw, :]
+            term = window * taps[i, j]
+            out = term if out is None else out + term
+    return out
+
+
+@keras.saving.register_keras_serializable(package="visionzoo")
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """``keras.layers.DepthwiseConv2D`` that runs :func:`depthwise_conv` (fast on JAX).
+
+    Same arguments, weights and outputs as the Keras layer (channels-last only).
+    """
+
+    def call(self, inputs):
+        if self.data_format != "channels_last":
+            return super().call(inputs)
+        outputs = depthwise_conv(inputs, self.kernel, strides=self.strides,
+                                 padding=self.padding, dilation_rate=self.dilation_rate)
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
 
 
 class _TorchPadding:
@@ -78,7 +155,7 @@ class PaddedConv2D(_TorchPadding, keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="visionzoo")
-class PaddedDepthwiseConv2D(_TorchPadding, keras.layers.DepthwiseConv2D):
+class PaddedDepthwiseConv2D(_TorchPadding, DepthwiseConv2D):
     """Depthwise ``torch.nn.Conv2d(C, C, k, groups=C)`` equivalent on NHWC tensors.
 
     Args:

@@ -31,6 +31,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from visionzoo.layers.conv import depthwise_conv
+
 # near_sym_b, as (h0o, h1o, g0o, g1o). All four are symmetric, so true convolution
 # and cross-correlation coincide; the code still flips them, to be exact in general.
 _H0O = np.array([-9, 0, 114, -240, -247, 1520, 2844, 1520, -247, -240, 114, 0, -9],
@@ -85,7 +87,7 @@ def _filter(x, taps, axis, channels):
     shape = (len(taps), 1) if axis == 1 else (1, len(taps))
     kernel = np.broadcast_to(kernel.reshape(shape + (1, 1)), shape + (channels, 1))
     kernel = ops.convert_to_tensor(np.ascontiguousarray(kernel), dtype=x.dtype)
-    return ops.depthwise_conv(x, kernel, strides=1, padding="valid")
+    return depthwise_conv(x, kernel, strides=1, padding="valid")
 
 
 def _quads_to_complex(y):

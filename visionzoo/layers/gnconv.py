@@ -35,6 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from visionzoo.layers.conv import DepthwiseConv2D
 from visionzoo.layers.norms import LayerNorm
 
 # --------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class GlobalLocalFilter(keras.layers.Layer):
         self.epsilon = epsilon
         self.pre_norm = LayerNorm(epsilon=epsilon, name="pre_norm", dtype=self.dtype_policy)
         self.post_norm = LayerNorm(epsilon=epsilon, name="post_norm", dtype=self.dtype_policy)
-        self.dw = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw",
+        self.dw = DepthwiseConv2D(3, padding="same", use_bias=False, name="dw",
                                                dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -282,7 +283,7 @@ class GnConv(keras.layers.Layer):
         self.proj_in = keras.layers.Conv2D(2 * dim, 1, name="proj_in", dtype=policy)
         self.proj_in.build(input_shape)
         if self.global_filter is None:
-            self.dwconv = keras.layers.DepthwiseConv2D(
+            self.dwconv = DepthwiseConv2D(
                 self.kernel_size, padding="same", use_bias=True, name="dwconv", dtype=policy)
         else:
             self.dwconv = GlobalLocalFilter(*self.global_filter, epsilon=self.epsilon,

@@ -27,6 +27,7 @@ import keras
 from keras import ops
 
 from visionzoo.layers.activations import GELU
+from visionzoo.layers.conv import DepthwiseConv2D
 
 
 @keras.saving.register_keras_serializable(package="visionzoo")
@@ -55,7 +56,7 @@ class HighFrequencyMixer(keras.layers.Layer):
         half_shape = tuple(input_shape[:-1]) + (self.half,)
         wide_shape = tuple(input_shape[:-1]) + (dim,)
         self.conv1 = keras.layers.Conv2D(dim, 1, use_bias=False, name="conv1", dtype=policy)
-        self.proj1 = keras.layers.DepthwiseConv2D(self.kernel_size, padding="same",
+        self.proj1 = DepthwiseConv2D(self.kernel_size, padding="same",
                                                   use_bias=False, name="proj1", dtype=policy)
         self.proj2 = keras.layers.Conv2D(dim, 1, use_bias=True, name="proj2", dtype=policy)
         self.act1 = GELU(name="mid_gelu1", dtype=policy)
@@ -235,7 +236,7 @@ class InceptionMixer(keras.layers.Layer):
                                            qkv_bias=self.qkv_bias,
                                            attn_dropout=self.attn_dropout, name="low_mixer",
                                            dtype=policy)
-        self.conv_fuse = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False,
+        self.conv_fuse = DepthwiseConv2D(3, padding="same", use_bias=False,
                                                       name="conv_fuse", dtype=policy)
         self.proj = keras.layers.Conv2D(dim, 1, use_bias=True, name="proj", dtype=policy)
         self.high_mixer.build(spatial + (self.high_dim,))

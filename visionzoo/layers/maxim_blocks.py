@@ -29,6 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from visionzoo.layers.conv import depthwise_conv
 from visionzoo.layers.norms import LayerNorm
 
 LN_EPS = 1e-6  # Flax nn.LayerNorm default
@@ -77,7 +78,7 @@ def antialiased_downscale(x, factor):
     norm = 1.0 / np.outer(coverage(h), coverage(w))[None, :, :, None]
     dtype = x.dtype
     y = ops.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    y = ops.depthwise_conv(y, ops.convert_to_tensor(kernel.astype("float32"), dtype),
+    y = depthwise_conv(y, ops.convert_to_tensor(kernel.astype("float32"), dtype),
                            strides=factor, padding="valid")
     return y * ops.convert_to_tensor(norm.astype("float32"), dtype)
 

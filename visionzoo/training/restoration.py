@@ -24,6 +24,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from visionzoo.layers.conv import depthwise_conv
+
 
 @keras.saving.register_keras_serializable(package="visionzoo")
 class RestorationLoss(keras.losses.Loss):
@@ -80,7 +82,7 @@ def ssim(y_true, y_pred, max_val=1.0, filter_size=11, sigma=1.5, k1=0.01, k2=0.0
     kernel = ops.convert_to_tensor(kernel.astype("float32"))
 
     def blur(t):
-        return ops.depthwise_conv(t, kernel, strides=1, padding="valid")
+        return depthwise_conv(t, kernel, strides=1, padding="valid")
 
     mu_x, mu_y = blur(y_true), blur(y_pred)
     sxx = blur(y_true * y_true) - mu_x * mu_x
