@@ -70,11 +70,12 @@ def test_activations_match_torch():
     assert [w.shape for w in star.weights] == [(1,), (1,)]
 
 
-@pytest.mark.parametrize("size", [(7, 9), (8, 8), (1, 3)])
-def test_avgpool_excludes_padding_like_torch(size):
+@pytest.mark.parametrize("size,k,s,p", [((7, 9), 3, 1, 1), ((8, 8), 3, 1, 1), ((1, 3), 3, 1, 1),
+                                        ((9, 10), 3, 2, 1), ((11, 8), 5, 3, 2), ((6, 7), 2, 2, 0)])
+def test_avgpool_excludes_padding_like_torch(size, k, s, p):
     x = _rand(2, *size, 4)
-    y = _roundtrip(L.AvgPool2DNoPadCount(3, strides=1, padding=1), x)
-    ref = F.avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), 3, 1, 1,
+    y = _roundtrip(L.AvgPool2DNoPadCount(k, strides=s, padding=p), x)
+    ref = F.avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), k, s, p,
                        count_include_pad=False).permute(0, 2, 3, 1)
     np.testing.assert_allclose(y, ref.numpy(), atol=1e-5)
 

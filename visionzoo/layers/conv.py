@@ -46,8 +46,11 @@ def depthwise_conv(x, kernel, strides=1, padding="valid", dilation_rate=1):
                                   dilation_rate=dilation)
     (sh, sw), (dh, dw) = strides, dilation
     span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    def static(n):  # None for unknown sizes (symbolic, or JAX's dynamic dimensions)
+        return n if isinstance(n, int) else None
+
     if padding == "same":
-        h, w = x.shape[1], x.shape[2]
+        h, w = static(x.shape[1]), static(x.shape[2])
         if (sh, sw) == (1, 1) and span_h % 2 and span_w % 2:
             pads = ((span_h // 2,) * 2, (span_w // 2,) * 2)
         elif h is None or w is None:  # symbolic shapes: padding depends on the size
@@ -58,7 +61,7 @@ def depthwise_conv(x, kernel, strides=1, padding="valid", dilation_rate=1):
         x = ops.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     elif padding != "valid":
         raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}.")
-    h, w = x.shape[1], x.shape[2]
+    h, w = static(x.shape[1]), static(x.shape[2])
     if (h is not None and h < span_h) or (w is not None and w < span_w):
         raise ValueError(f"A {kh}x{kw} depthwise kernel (dilation {dilation}) does not fit "
                          f"the padded {h}x{w} input.")
