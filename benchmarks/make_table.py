@@ -297,8 +297,13 @@ def markdown(rows, sources):
     if res.threads:
         lines += ["", "## TFLite (batch 1, fp32, XNNPACK in ai-edge-litert)", ""]
         lines += _tflite_table(res)
-        lines += ["", "Ours: `visionzoo.export.to_tflite` (builtin ops; int8 calibrated on "
-                  "a few random images, for the size only). litert-torch: timm's model "
+        fixed = [r for r in res.rows if r["measurement"] == "tflite_size"
+                 and r["impl"] == "visionzoo" and "batch 1" in (r.get("note") or "")]
+        batch = ("fixed batch 1, `batch_size=1`" if fixed
+                 else "dynamic batch, resized to 1 at run time")
+        lines += ["", f"Ours: `visionzoo.export.to_tflite` ({batch}; builtin ops; int8 "
+                  "calibrated on a few random images, for the size only). litert-torch: "
+                  "timm's model (fixed batch 1) "
                   "converted by `litert_torch.convert` (zero-initialised tensors re-drawn "
                   "first, so no branch is folded away)."]
     lines += ["", "## Targets (issue 11)", ""] + _targets(res)

@@ -20,7 +20,8 @@ another so that nothing competes for the cores, a child process per stage:
 3. ``timm``: the same architecture in timm, eager and ``torch.compile`` (inductor,
    capped by ``--compile-timeout``), each in its own child by
    :func:`visionzoo.bench.time_timm` (torch never shares a process with TensorFlow).
-4. ``tflite`` (TensorFlow backend): ``visionzoo.export.to_tflite`` of each model in fp32
+4. ``tflite`` (TensorFlow backend): ``visionzoo.export.to_tflite`` of each model with a
+   fixed batch of 1 (``batch_size=1``, as litert-torch's files have) in fp32
    (parity-checked), fp16 and int8 (calibrated on a few random images: for the size
    only); file sizes, and the fp32 file's ``Interpreter.invoke`` latency in
    ai-edge-litert (XNNPACK) at batch 1 with 1 and 2 threads.
@@ -316,9 +317,12 @@ def stage_tflite(args, out):
                     kwargs = {}
                     if quantize == "int8":
                         kwargs["representative_data"] = example_inputs(model, 4, seed=1)
-                    report = to_tflite(model, path, quantize=quantize,
+                    # A fixed batch of 1, like litert-torch's conversion (its sample
+                    # input fixes every shape) and like an on-device app.
+                    report = to_tflite(model, path, quantize=quantize, batch_size=1,
                                        check=quantize is None, **kwargs)
-                    note = f"{report.num_ops} ops"
+                    batch = report.input_shape[0] or "dynamic"
+                    note = f"{report.num_ops} ops, batch {batch}"
                     if report.max_abs_diff is not None:
                         note += f", max|diff| {report.max_abs_diff:.1e}"
                     if report.int8_ops is not None:

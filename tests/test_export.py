@@ -203,6 +203,38 @@ def test_batch_one_fallback(tmp_path):
     assert report.max_abs_diff <= 1e-3 * report.ref_max_abs  # checked sample by sample
 
 
+def test_fixed_batch_size(tmp_path):
+    """batch_size=N writes a file with that fixed batch: no runtime shape ops, the same
+    outputs, chunked checks for larger inputs; int8 calibrates on batches of N. Works
+    from every backend (JAX/torch hand the batch size to the subprocess)."""
+    model, side = mini("caformer")
+    dynamic = to_tflite(model, tmp_path / "dyn.tflite", input_size=(side, side))
+    fixed = to_tflite(model, tmp_path / "b1.tflite", input_size=(side, side), batch_size=1)
+    assert dynamic.input_shape == (None, side, side, 3)
+    assert fixed.input_shape == (1, side, side, 3)
+    assert fixed.max_abs_diff <= 1e-3 * fixed.ref_max_abs, fixed.summary()
+    assert_builtin_only(fixed, tmp_path / "b1.tflite")
+    assert fixed.num_ops < dynamic.num_ops, (fixed.num_ops, dynamic.num_ops)
+    assert not {"SHAPE", "PACK"} & set(fixed.op_names), fixed.op_names
+    x = images(1, side, seed=9)
+    np.testing.assert_allclose(run_file(tmp_path / "b1.tflite", x), keras_out(model, x),
+                               atol=1e-3 * np.max(np.abs(keras_out(model, x))))
+    if IN_PROCESS:  # one more conversion; the batch plumbing is backend-free
+        calib = images(6, side, seed=1)
+        q = to_tflite(model, tmp_path / "b2_int8.tflite", input_size=(side, side),
+                      batch_size=2, quantize="int8", representative_data=calib)
+        assert q.input_shape == (2, side, side, 3) and q.int8_ops > 0
+    with pytest.raises(ValueError, match="batch_size"):
+        to_tflite(model, tmp_path / "bad.tflite", input_size=(side, side), batch_size=0)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        to_tflite(model, tmp_path / "bad.tflite", input_size=(side, side), batch_size=2,
+                  check_input=images(3, side, seed=1))
+    with pytest.raises(ValueError, match="at least"):
+        to_tflite(model, tmp_path / "bad.tflite", input_size=(side, side), batch_size=4,
+                  quantize="int8", representative_data=images(2, side, seed=1))
+    assert not (tmp_path / "bad.tflite").exists()
+
+
 @pytest.mark.skipif(not IN_PROCESS, reason="one more conversion; the logic is backend-free")
 def test_multi_output_features_model(tmp_path):
     model, side = mini("convformer")

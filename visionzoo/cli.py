@@ -4,6 +4,7 @@
     visionzoo info NAME
     visionzoo verify TARGET [--size H W] [--seed N]
     visionzoo export NAME --format tflite [--quantize fp16|int8] [--input-size H W]
+                     [--batch-size N]
     visionzoo demo [--epochs N] [--out DIR]
     visionzoo train NAME --data tfds:NAME|FOLDER|FILE.npz [--epochs N] [--batch-size B]
                     [--image-size S] [--lr LR] [--weights TAG] [--out DIR] [...]
@@ -201,6 +202,8 @@ def build_parser():
     s.add_argument("--format", default="tflite", choices=["tflite"])
     s.add_argument("--quantize", default=None, choices=["fp16", "int8"])
     s.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None)
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="fixed batch (e.g. 1: fewer ops, faster on device); default dynamic")
     s.add_argument("--weights", default=None, help="weights tag or checkpoint path")
     s.add_argument("--num-classes", type=int, default=1000)
     s.add_argument("--out", default=None, help="output .tflite path")

@@ -165,7 +165,7 @@ class ExportReport:
 
 
 def to_tflite(model, path, *, quantize=None, representative_data=None, input_size=None,
-              check=True, check_input=None):
+              batch_size=None, check=True, check_input=None):
     """Export a Keras model to a builtin-ops-only ``.tflite`` file, from any backend.
 
     Args:
@@ -189,6 +189,11 @@ def to_tflite(model, path, *, quantize=None, representative_data=None, input_siz
         input_size: (H, W) or None. Static spatial size of the file's first (NHWC)
             input. Required when its height/width are dynamic; a ``ZooBackbone`` with
             another static size is rebuilt at this size.
+        batch_size: None (dynamic batch dimension) or an int: a file with that fixed
+            batch, what an on-device app usually wants. A fixed batch lets the converter
+            drop the runtime shape arithmetic (``SHAPE``/``GATHER``/``PACK`` ops) a
+            dynamic batch needs; for poolformerv2_s12 that is 597 -> 321 ops and ~20 %
+            lower XNNPACK latency at batch 1.
         check: bool. Run the file in ai-edge-litert on ``check_input`` and compare it
             with the Keras model (fills ``max_abs_diff``). fp32 exports must reach
             ``max|Δ| <= 1e-3 * max|ref|`` or the export fails; quantized exports only
@@ -208,7 +213,8 @@ def to_tflite(model, path, *, quantize=None, representative_data=None, input_siz
             contains non-builtin ops, or fp32 parity was missed.
     """
     return _export(model, path, quantize=quantize, representative_data=representative_data,
-                   input_size=input_size, check=check, check_input=check_input)
+                   input_size=input_size, batch_size=batch_size, check=check,
+                   check_input=check_input)
 
 
 def example_inputs(model, batch=None, seed=0, input_size=None):
@@ -241,7 +247,8 @@ def export_cli(args):
 
     ``args`` (argparse namespace) has ``name``, ``format`` ("tflite"), ``quantize``
     (None/"fp16"/"int8"), ``input_size`` (None or [H, W]; default: the variant's
-    ``input_size``), ``weights``, ``num_classes`` and ``out`` (default
+    ``input_size``), ``batch_size`` (None: dynamic; or a fixed batch, e.g. 1 for a
+    phone), ``weights``, ``num_classes`` and ``out`` (default
     ``<name>[_fp16|_int8].tflite``). Multi-input models (DiT) export with one signature
     input per model input. int8 from the command line is calibrated on seeded random
     inputs (:func:`example_inputs`; for image models, random images normalised like the
@@ -282,7 +289,8 @@ def export_cli(args):
             representative = example_inputs(model, CLI_CALIBRATION_SAMPLES,
                                             input_size=(h, w))
     report = _export(model, out, quantize=quantize, representative_data=representative,
-                     input_size=(h, w), check=True, check_input=None, announce=False)
+                     input_size=(h, w), batch_size=getattr(args, "batch_size", None),
+                     check=True, check_input=None, announce=False)
     print(report.summary())
     return 0
 
@@ -292,9 +300,24 @@ def export_cli(args):
 # --------------------------------------------------------------------------------------
 
 
+def _check_batch_size(batch_size, model=None):
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or (
+            batch_size < 1):
+        raise ValueError(f"batch_size must be None (dynamic) or a positive int; got "
+                         f"{batch_size!r}.")
+    group = getattr(model, "group_size", 1) or 1
+    if batch_size % group:
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the model's "
+                         f"group_size ({group}).")
+    return int(batch_size)
+
+
 def _export(model, path, *, quantize, representative_data, input_size, check, check_input,
-            announce=True):
+            batch_size=None, announce=True):
     _check_quantize(quantize)
+    batch_size = _check_batch_size(batch_size, model)
     if quantize == "int8" and representative_data is None:
         raise ValueError("quantize='int8' needs representative_data (calibration samples).")
     path = os.fspath(path)
@@ -302,10 +325,17 @@ def _export(model, path, *, quantize, representative_data, input_size, check, ch
     model, specs = _static_model(model, input_size)
     rep = (None if representative_data is None
            else _representative_inputs(representative_data, specs))
+    if rep is not None and batch_size and len(rep[0]) < batch_size:
+        raise ValueError(f"representative_data has {len(rep[0])} samples; a file with "
+                         f"batch_size={batch_size} needs at least that many.")
     if check:
+        step = batch_size or 1
         xs = (_as_inputs(check_input, specs, "check_input") if check_input is not None
-              else [r[:4] for r in rep] if rep is not None
-              else _example_arrays(model, specs, None, 0))
+              else [r[:max(4 // step, 1) * step] for r in rep] if rep is not None
+              else _example_arrays(model, specs, batch_size, 0))
+        if batch_size and len(xs[0]) % batch_size:
+            raise ValueError(f"check_input has {len(xs[0])} samples; a file with "
+                             f"batch_size={batch_size} needs a multiple of {batch_size}.")
         reference = _keras_outputs(model, xs)
 
     folder = os.path.dirname(os.path.abspath(path))
@@ -314,7 +344,7 @@ def _export(model, path, *, quantize, representative_data, input_size, check, ch
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.partial")
     open(tmp, "xb").close()
     try:
-        _convert(model, specs, quantize, rep, tmp)
+        _convert(model, specs, quantize, rep, tmp, batch_size)
         info = _inspect(tmp)
         names = [s["name"] for s in specs]
         if sorted(info["inputs"]) != sorted(names):
@@ -668,7 +698,7 @@ class _UnsupportedOps(ExportError):
     """Conversion failed because the graph needs ops outside TFLITE_BUILTINS."""
 
 
-def _convert(model, specs, quantize, representative, out_path):
+def _convert(model, specs, quantize, representative, out_path, batch_size=None):
     """Convert ``model`` with inputs ``specs`` (batch prepended) and write the bytes to
     ``out_path``.
 
@@ -677,18 +707,21 @@ def _convert(model, specs, quantize, representative, out_path):
     import keras
 
     if keras.backend.backend() == "tensorflow":
-        data = _convert_tf_any_batch(model, specs, quantize, representative)
+        data = _convert_tf_any_batch(model, specs, quantize, representative, batch_size)
         with open(out_path, "wb") as f:
             f.write(data)
     else:
-        _convert_in_subprocess(model, specs, quantize, representative, out_path)
+        _convert_in_subprocess(model, specs, quantize, representative, out_path, batch_size)
 
 
-def _convert_tf_any_batch(model, specs, quantize, representative):
+def _convert_tf_any_batch(model, specs, quantize, representative, batch_size=None):
     """A dynamic-batch file if the model traces and converts that way, else batch 1.
+    With ``batch_size`` set: that fixed batch.
 
     Graphs that need non-builtin ops fail at once (a fixed batch would not help).
     """
+    if batch_size:
+        return _convert_tf(model, specs, quantize, representative, batch=batch_size)
     try:
         return _convert_tf(model, specs, quantize, representative, batch=None)
     except _UnsupportedOps:
@@ -734,10 +767,11 @@ def _convert_tf(model, specs, quantize, representative, batch=None):
                              for s in specs])
         archive.write_out(saved, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-        return _run_converter(converter, model.name, quantize, representative, specs)
+        return _run_converter(converter, model.name, quantize, representative, specs,
+                              batch or 1)
 
 
-def _run_converter(converter, model_name, quantize, representative, specs):
+def _run_converter(converter, model_name, quantize, representative, specs, batch=1):
     """Builtin ops only, the quantisation settings, then ``convert()``."""
     import tensorflow as tf
 
@@ -750,11 +784,11 @@ def _run_converter(converter, model_name, quantize, representative, specs):
         arrays = [np.asarray(a, dtype=s["dtype"]) for a, s in zip(representative, specs)]
 
         def dataset():
-            for i in range(len(arrays[0])):
+            for i in range(0, len(arrays[0]) - batch + 1, batch):
                 if len(arrays) == 1:
-                    yield [arrays[0][i:i + 1]]
+                    yield [arrays[0][i:i + batch]]
                 else:  # keyed by signature input name
-                    yield {s["name"]: a[i:i + 1] for s, a in zip(specs, arrays)}
+                    yield {s["name"]: a[i:i + batch] for s, a in zip(specs, arrays)}
 
         converter.representative_dataset = dataset
         converter.inference_input_type = tf.float32
@@ -848,7 +882,8 @@ def _load_in_subprocess(path):
     return keras.saving.load_model(path, compile=False, safe_mode=False)
 
 
-def _convert_in_subprocess(model, specs, quantize, representative, out_path):
+def _convert_in_subprocess(model, specs, quantize, representative, out_path,
+                           batch_size=None):
     """Save ``model`` and convert it with ``KERAS_BACKEND=tensorflow`` in a subprocess."""
     with tempfile.TemporaryDirectory(prefix="visionzoo_export_") as work:
         model_path = _save_for_subprocess(model, work)
@@ -859,6 +894,8 @@ def _convert_in_subprocess(model, specs, quantize, representative, out_path):
                "--inputs", specs_path, "--error-file", os.path.join(work, "error.json")]
         if quantize:
             cmd += ["--quantize", quantize]
+        if batch_size:
+            cmd += ["--batch-size", str(batch_size)]
         if representative is not None:
             rep_path = os.path.join(work, "representative.npz")
             np.savez(rep_path, *[np.asarray(a, dtype=s["dtype"])
@@ -903,6 +940,7 @@ def _subprocess_main(argv=None):
     c.add_argument("--quantize", default=None, choices=["fp16", "int8"])
     c.add_argument("--representative", default=None, help=".npz of calibration inputs")
     c.add_argument("--error-file", default=None)
+    c.add_argument("--batch-size", type=int, default=None)
     args = p.parse_args(argv)
     try:
         import keras
@@ -921,7 +959,7 @@ def _subprocess_main(argv=None):
         if args.representative:
             with np.load(args.representative) as data:
                 rep = [data[f"arr_{i}"] for i in range(len(specs))]
-        data = _convert_tf_any_batch(model, specs, args.quantize, rep)
+        data = _convert_tf_any_batch(model, specs, args.quantize, rep, args.batch_size)
         with open(args.out, "wb") as f:
             f.write(data)
     except Exception as e:
