@@ -299,7 +299,7 @@ def test_non_builtin_op_fails_cleanly(tmp_path):
 
 
 def test_failure_after_partial_write_leaves_nothing(tmp_path, monkeypatch):
-    def half_written(model, in_shape, quantize, representative, out_path):
+    def half_written(model, in_shape, quantize, representative, out_path, batch_size=None):
         with open(out_path, "wb") as f:
             f.write(b"TFL3 half a model")
         raise RuntimeError("converter died")
