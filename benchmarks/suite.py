@@ -83,8 +83,10 @@ FIELDS = (
     "ai_edge_litert", "litert_torch",
 )
 
-# One small model per family that timm also has, plus two timm has not (no ratio).
-MODELS = ("poolformerv2_s12", "convformer_s18", "swin_tiny_patch4_window7_224", "shvit_s1",
+# One small model per family (and per version) that timm also has, plus one timm has
+# not (no ratio).
+MODELS = ("poolformerv2_s12", "convformer_s18", "caformer_s18",
+          "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256", "shvit_s1",
           "convit_tiny", "hornet_tiny_7x7")
 BACKENDS = ("jax", "tensorflow", "torch")
 OUR_MODES = {"jax": "jit", "tensorflow": "tf.function", "torch": "eager"}
