@@ -65,7 +65,11 @@ class GatedPositionalSelfAttention(keras.layers.Layer):
             layer.build(shape)
         self.gating_param = self.add_weight(name="gating_param", shape=(self.num_heads,),
                                             initializer="ones")
-        self._rel = relative_patch_features(side).reshape(n * n, 3)
+        # Channels first, (3, 1, N, N): the positional scores of every head come out as
+        # three broadcast multiply-adds in (heads, N, N) order, with no (N*N, 3) x (3,
+        # heads) matmul (K = 3 is the worst case for a GEMM library) and no transpose.
+        self._rel = np.ascontiguousarray(
+            np.transpose(relative_patch_features(side), (2, 0, 1))[:, None])
 
     def _heads(self, t):
         t = ops.reshape(t, (-1, self.num_tokens, self.num_heads, self.head_dim))
@@ -78,9 +82,7 @@ class GatedPositionalSelfAttention(keras.layers.Layer):
         v = self._heads(self.v(x))
         scale = ops.cast(self.head_dim ** -0.5, q.dtype)
         patch = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * scale, axis=-1)
-        rel = ops.convert_to_tensor(self._rel, dtype=self.compute_dtype)
-        pos = ops.reshape(ops.transpose(self.pos_proj(rel), (1, 0)), (1, heads, n, n))
-        pos = ops.softmax(ops.cast(pos, patch.dtype), axis=-1)
+        pos = ops.softmax(ops.cast(self._position_scores(), patch.dtype), axis=-1)
         gate = ops.reshape(ops.sigmoid(ops.cast(self.gating_param, patch.dtype)),
                            (1, heads, 1, 1))
         attn = (1.0 - gate) * patch + gate * pos
@@ -88,6 +90,16 @@ class GatedPositionalSelfAttention(keras.layers.Layer):
         attn = self.attn_drop(attn, training=training)
         out = ops.reshape(ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3)), (-1, n, dim))
         return self.proj_drop(self.proj(out), training=training)
+
+    def _position_scores(self):
+        """``pos_proj`` applied to the relative features: ``(1, heads, N, N)``."""
+        dtype = self.compute_dtype
+        rel = ops.convert_to_tensor(self._rel, dtype=dtype)  # (3, 1, N, N)
+        kernel = ops.cast(self.pos_proj.kernel, dtype)  # (3, heads)
+        pos = ops.reshape(ops.cast(self.pos_proj.bias, dtype), (self.num_heads, 1, 1))
+        for c in range(3):
+            pos = pos + rel[c] * ops.reshape(kernel[c], (self.num_heads, 1, 1))
+        return ops.expand_dims(pos, 0)
 
     def matmul_macs(self, input_shape):
         n = self.num_tokens
