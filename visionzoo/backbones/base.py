@@ -64,6 +64,14 @@ class ZooBackbone(keras.Model):
     def from_config(cls, config):
         return cls(**config)
 
+    def predict_on_batch(self, x):
+        """As ``keras.Model.predict_on_batch``; on JAX without Keras' per-call write-back
+        of every variable (:mod:`visionzoo.inference`), with the same outputs."""
+        from visionzoo.inference import predict_on_batch
+
+        outputs = predict_on_batch(self, x)
+        return super().predict_on_batch(x) if outputs is None else outputs
+
     def features(self):
         """A model from the input to ``pyramid_outputs`` (``features_only=True``)."""
         if not getattr(self, "pyramid_outputs", None):
