@@ -137,13 +137,36 @@ def test_keras_roundtrip_and_fit(tmp_path):
     assert losses[-1] < losses[0], losses
 
 
-def test_tflite_export(tmp_path):
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_tflite_export(tmp_path, batch_size):
     if BACKEND != "tensorflow":
         pytest.skip("exported on the TensorFlow backend (other backends hand off to it)")
     from test_export import assert_builtin_only
 
     model = svt.SVT(**MINI, num_classes=10, input_shape=(64, 64, 3))
     path = tmp_path / "svt_mini.tflite"
+    report = visionzoo.export.to_tflite(model, path, batch_size=batch_size)
+    if batch_size:
+        assert report.input_shape[0] == batch_size
+    assert report.max_abs_diff <= 1e-4 * report.ref_max_abs, report.summary()
+    assert_builtin_only(report, path)
+
+
+@pytest.mark.parametrize("width", [64, 128])
+def test_scatter_mixing_exports_at_published_widths(tmp_path, width):
+    # The published widths (blocks of 16 and 32 channels) once failed to convert: the
+    # block-diagonal weight was an outer-product einsum that the converter lowered to a
+    # BATCH_MATMUL of the wrong shape ("expected 16 but got 256"). The mini widths above
+    # (blocks of 4-10) never hit it.
+    if BACKEND != "tensorflow":
+        pytest.skip("exported on the TensorFlow backend (other backends hand off to it)")
+    from test_export import assert_builtin_only
+
+    inputs = keras.Input((16, 16, width))
+    model = keras.Model(inputs, svt.ScatterChannelMixing(weight_grid=(8, 8))(inputs))
+    for v in model.weights:  # weights of a visible size, so the check below means something
+        v.assign(np.random.default_rng(0).normal(0, 0.3, tuple(v.shape)).astype("float32"))
+    path = tmp_path / f"scatter_{width}.tflite"
     report = visionzoo.export.to_tflite(model, path)
     assert report.max_abs_diff <= 1e-4 * report.ref_max_abs, report.summary()
     assert_builtin_only(report, path)

@@ -42,7 +42,10 @@ def _block_diagonal(w):
     """``(blocks, d, k)`` -> the ``(blocks*d, blocks*k)`` block-diagonal matrix."""
     blocks = w.shape[0]
     eye = ops.eye(blocks, dtype=w.dtype)
-    full = ops.einsum("bdk,be->bdek", w, eye)
+    # full[b, d, e, k] = w[b, d, k] * (b == e), as a broadcast product (exact: times 1 or
+    # 0). Not an einsum: with a fixed batch the TFLite converter lowers this outer-product
+    # einsum to a BATCH_MATMUL with a wrong output shape and fails.
+    full = w[:, :, None, :] * eye[:, None, :, None]
     return ops.reshape(full, (blocks * w.shape[1], blocks * w.shape[2]))
 
 
