@@ -83,11 +83,12 @@ FIELDS = (
     "ai_edge_litert", "litert_torch",
 )
 
-# One small model per family (and per version) that timm also has, plus one timm has
-# not (no ratio).
+# One small model per family (and per version) that timm also has, then the small
+# classifier of each family timm has not (no ratio).
 MODELS = ("poolformerv2_s12", "convformer_s18", "caformer_s18",
           "swin_tiny_patch4_window7_224", "swinv2_tiny_window8_256", "shvit_s1",
-          "convit_tiny", "hornet_tiny_7x7")
+          "convit_tiny", "hornet_tiny_7x7", "litv2_s", "inception_transformer_small",
+          "svt_h_small")
 BACKENDS = ("jax", "tensorflow", "torch")
 OUR_MODES = {"jax": "jit", "tensorflow": "tf.function", "torch": "eager"}
 QUANT_MODES = (None, "fp16", "int8")
