@@ -137,7 +137,6 @@ class Results:
         return [(r["impl"], _num(r["value"]), r["note"], r["load1"]) for r in self.rows
                 if r["measurement"] == "sgemm" and r["value"] is not None]
 
-
     def needed(self, model, batch):
         """What the timm target asks of ``model`` at ``batch``: ``(img/s, fraction of the
         run's sgemm rate that img/s implies, the fraction timm's best mode reached)``;

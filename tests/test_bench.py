@@ -204,7 +204,7 @@ def test_make_table_from_synthetic_csv(tmp_path, suite_modules):
     assert (f"alpha_s, batch 1: {123.4 / 111.1:.2f}×; 1.25× would be {need:.1f} img/s = "
             f"{100 * 2 * 1.5 * need / 100:.0f} % of sgemm (timm's best mode runs at "
             f"{100 * 2 * 1.5 * 111.1 / 100:.0f} %)") in text
-    assert f"at batch 1 (target ≥ 50 % for matmul-bound models): alpha_s " in text
+    assert "at batch 1 (target ≥ 50 % for matmul-bound models): alpha_s " in text
     beta = next(x for x in text.splitlines() if x.startswith("| beta_t | 456.7"))
     assert beta.count("—") >= 5  # no timm counterpart, no other backend
 

@@ -43,8 +43,9 @@ def _block_diagonal(w):
     blocks = w.shape[0]
     eye = ops.eye(blocks, dtype=w.dtype)
     # full[b, d, e, k] = w[b, d, k] * (b == e), as a broadcast product (exact: times 1 or
-    # 0). Not an einsum: with a fixed batch the TFLite converter lowers this outer-product
-    # einsum to a BATCH_MATMUL with a wrong output shape and fails.
+    # 0). Not an einsum: the TFLite converter lowers this outer-product einsum to a
+    # BATCH_MATMUL with a wrong output shape once blocks are 16 channels or wider (the
+    # published widths) and the export fails, with a dynamic or a fixed batch alike.
     full = w[:, :, None, :] * eye[:, None, :, None]
     return ops.reshape(full, (blocks * w.shape[1], blocks * w.shape[2]))
 
