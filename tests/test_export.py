@@ -235,6 +235,42 @@ def test_fixed_batch_size(tmp_path):
     assert not (tmp_path / "bad.tflite").exists()
 
 
+def depthwise_filters(path):
+    """Filter shapes (kh, kw) of every DEPTHWISE_CONV_2D in the file (no delegate)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=str(path), experimental_op_resolver_type=(
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    shapes = {t["index"]: tuple(t["shape"]) for t in it.get_tensor_details()}
+    return [shapes[op["inputs"][1]][1:3] for op in it._get_ops_details()
+            if op["op_name"] == "DEPTHWISE_CONV_2D"]
+
+
+def test_large_depthwise_kernels_export_as_bands(tmp_path):
+    """Depthwise kernels above 25 taps (XNNPACK's slow path) are written as bands of at
+    most 25 taps: ConvFormer's 7x7 becomes 3x7 + 3x7 + 1x7, a strided 9x9 four bands,
+    a 5x5 stays whole; the file matches the model. From every backend (the subprocess
+    traces the same way)."""
+    from visionzoo.layers import DepthwiseConv2D, PaddedDepthwiseConv2D
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((20, 20, 8))
+    a = PaddedDepthwiseConv2D(7, torch_padding=3, use_bias=False)(inputs)
+    b = DepthwiseConv2D(9, strides=2, padding="same")(a)
+    c = DepthwiseConv2D(5, padding="same")(b)
+    model = keras.Model(inputs, c)
+    path = tmp_path / "dw.tflite"
+    report = to_tflite(model, path, batch_size=1)
+    assert report.max_abs_diff <= 1e-5 * report.ref_max_abs, report.summary()
+    assert_builtin_only(report, path)
+    filters = depthwise_filters(path)
+    assert sorted(filters) == sorted([(3, 7), (3, 7), (1, 7), (2, 9), (2, 9), (2, 9),
+                                      (2, 9), (1, 9), (5, 5)]), filters
+    x = np.random.default_rng(4).standard_normal((1, 20, 20, 8)).astype("float32")
+    np.testing.assert_allclose(run_file(path, x), keras_out(model, x),
+                               atol=1e-5 * np.max(np.abs(keras_out(model, x))))
+
+
 @pytest.mark.skipif(not IN_PROCESS, reason="one more conversion; the logic is backend-free")
 def test_multi_output_features_model(tmp_path):
     model, side = mini("convformer")

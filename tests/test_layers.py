@@ -147,6 +147,55 @@ def test_depthwise_conv_matches_torch(kernel, stride, dilation, padding):
     np.testing.assert_allclose(grads[0], grads[1], atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,stride,dilation,padding,max_taps", [
+    ((7, 7), 1, 1, "same", 25), ((7, 7), 2, 1, "same", 25), ((6, 5), 1, 2, "same", 12),
+    ((5, 7), 3, 1, "valid", 25), ((3, 9), 1, 1, "valid", 4), ((7, 7), 1, 1, "valid", 49)])
+def test_depthwise_conv_split_matches_conv(kernel, stride, dilation, padding, max_taps):
+    """The banded form the TFLite export traces (kernels cut into pieces of at most
+    ``max_taps`` taps, also across columns when a row is wider) equals the convolution
+    at every stride, dilation, padding and depth multiplier."""
+    from visionzoo.layers.conv import depthwise_conv_split
+
+    x = _rand(2, 13, 11, 6)
+    for mult in (1, 2):
+        w = _rand(*kernel, 6, mult, seed=mult)
+        ref = _np(keras.ops.depthwise_conv(x, w, strides=stride, padding=padding,
+                                           dilation_rate=dilation))
+        y = _np(depthwise_conv_split(x, w, stride, padding, dilation, max_taps=max_taps))
+        assert y.shape == ref.shape
+        np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+def test_depthwise_conv_uses_bands_only_when_tracing_for_tflite():
+    """Outside ``tflite_tracing`` every backend runs its usual form; inside it, on the
+    TensorFlow backend, kernels above 25 taps are traced as bands (same values)."""
+    from visionzoo.layers import conv
+    from visionzoo.layers.lowering import is_tflite_tracing, tflite_tracing
+
+    calls = []
+    original = conv.depthwise_conv_split
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].shape)
+        return original(*args, **kwargs)
+
+    x = _rand(1, 12, 12, 4)
+    w = _rand(7, 7, 4, 1)
+    try:
+        conv.depthwise_conv_split = spy
+        plain = _np(L.depthwise_conv(x, w, 1, "same"))
+        assert not calls and not is_tflite_tracing()
+        with tflite_tracing():
+            assert is_tflite_tracing()
+            traced = _np(L.depthwise_conv(x, w, 1, "same"))
+            _np(L.depthwise_conv(x, w[:5, :5], 1, "same"))  # 25 taps: never split
+        assert not is_tflite_tracing()
+    finally:
+        conv.depthwise_conv_split = original
+    assert calls == ([(7, 7, 4, 1)] if keras.config.backend() == "tensorflow" else [])
+    np.testing.assert_allclose(traced, plain, atol=1e-5)
+
+
 def test_depthwise_conv_in_model_with_unknown_spatial_size():
     """Symbolic (None) height/width: the layers build inside a functional model and
     then run on concrete sizes, including odd ones at stride 2."""

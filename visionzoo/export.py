@@ -757,15 +757,20 @@ def _convert_tf(model, specs, quantize, representative, batch=None):
             return flat[0]
         return {f"output_{i}": t for i, t in enumerate(flat)}
 
+    from visionzoo.layers.lowering import tflite_tracing
+
     with tempfile.TemporaryDirectory(prefix="visionzoo_savedmodel_") as saved:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(
-            "serving_default", serve,
-            input_signature=[keras.InputSpec(shape=(batch,) + tuple(s["shape"]),
-                                             dtype=s["dtype"], name=s["name"])
-                             for s in specs])
-        archive.write_out(saved, verbose=False)
+        # Layers trace their XNNPACK-friendly forms (visionzoo.layers.lowering); the
+        # check below compares the file with the model's ordinary forms.
+        with tflite_tracing():
+            archive.add_endpoint(
+                "serving_default", serve,
+                input_signature=[keras.InputSpec(shape=(batch,) + tuple(s["shape"]),
+                                                 dtype=s["dtype"], name=s["name"])
+                                 for s in specs])
+            archive.write_out(saved, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         return _run_converter(converter, model.name, quantize, representative, specs,
                               batch or 1)
