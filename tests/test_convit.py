@@ -91,10 +91,12 @@ def test_keras_roundtrip_and_fit(tmp_path):
 def test_tflite_export(tmp_path):
     if BACKEND != "tensorflow":
         pytest.skip("exported on the TensorFlow backend (other backends hand off to it)")
-    from test_export import assert_builtin_only
+    from test_export import assert_builtin_only, xnnpack_outside
 
     model = visionzoo.create_model("convit_tiny")
     path = tmp_path / "convit_tiny.tflite"
-    report = visionzoo.export.to_tflite(model, path)
+    report = visionzoo.export.to_tflite(model, path, batch_size=1)
     assert report.max_abs_diff <= 1e-3 * report.ref_max_abs, report.summary()
     assert_builtin_only(report, path)
+    # The class-token slice keeps its axis: XNNPACK runs the whole batch-1 file.
+    assert xnnpack_outside(path) == (1, []), xnnpack_outside(path)

@@ -99,6 +99,23 @@ def assert_builtin_only(report, path):
     assert ops <= set(report.op_names)
 
 
+def xnnpack_outside(path):
+    """(partitions, names of ops at partition boundaries that XNNPACK did not take)
+    for the file under LiteRT's default XNNPACK delegate. A file the delegate runs
+    whole gives ``(1, [])``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    ops = it._get_ops_details()
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    ins = {i for d in delegates for i in d["inputs"]}
+    outs = {i for d in delegates for i in d["outputs"]}
+    outside = sorted(o["op_name"] for o in ops if o["op_name"] != "DELEGATE" and (
+        set(o["outputs"]) & ins or set(o["inputs"]) & outs))
+    return len(delegates), outside
+
+
 def n_params(model):
     return sum(int(np.prod(w.shape)) for w in model.weights)
 

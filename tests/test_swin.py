@@ -348,7 +348,7 @@ def test_tflite_builtins_only_with_parity(name, tmp_path):
     if BACKEND != "tensorflow":
         pytest.skip("the full-size export runs on the TensorFlow backend (other backends "
                     "hand off to it; tests/test_export.py covers that path)")
-    from test_export import assert_builtin_only
+    from test_export import assert_builtin_only, xnnpack_outside
 
     model = visionzoo.create_model(name)
     path = tmp_path / f"{name}.tflite"
@@ -356,3 +356,25 @@ def test_tflite_builtins_only_with_parity(name, tmp_path):
     assert report.max_abs_diff <= 1e-3 * report.ref_max_abs, report.summary()
     assert_builtin_only(report, path)
     assert "TRANSPOSE" in report.op_names and not any("Flex" in o for o in report.op_names)
+    # Patch merging's 2x2 phases come from unit-stride slices when exported: strided
+    # ones would run outside XNNPACK and cut a batch-1 file into 4 partitions.
+    fixed = tmp_path / f"{name}_b1.tflite"
+    visionzoo.export.to_tflite(model, fixed, batch_size=1)
+    assert xnnpack_outside(fixed) == (1, []), xnnpack_outside(fixed)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 5), (1, 4, 4, 3)])
+def test_patch_merging_phases_same_when_traced_for_tflite(shape):
+    """The unit-stride form PatchMerging traces for TFLite gives the strided slices'
+    values exactly, on every backend."""
+    from visionzoo.layers.lowering import tflite_tracing
+    from visionzoo.layers.window import _phases_on_channels
+
+    x = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    plain = _np(_phases_on_channels(x))
+    with tflite_tracing():
+        traced = _np(_phases_on_channels(x))
+    ref = np.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
+                          x[:, 1::2, 1::2]], axis=-1)
+    np.testing.assert_array_equal(plain, ref)
+    np.testing.assert_array_equal(traced, ref)

@@ -66,7 +66,11 @@ class TokenSlice(keras.layers.Layer):
         self.part = part
 
     def call(self, x):
-        return x[:, 0] if self.part == "class" else x[:, 1:]
+        if self.part == "class":
+            # x[:, :1] then a reshape: the same values, but a slice that keeps its axis,
+            # which LiteRT's XNNPACK delegate takes (x[:, 0] would run outside it).
+            return ops.reshape(x[:, :1], (-1, x.shape[-1]))
+        return x[:, 1:]
 
     def compute_output_shape(self, input_shape):
         if self.part == "class":

@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from visionzoo.layers.lowering import is_tflite_tracing
+
 
 def _pair(v):
     if isinstance(v, (list, tuple)):
@@ -373,6 +375,24 @@ class WindowAttention(keras.layers.Layer):
         return config
 
 
+def _phases_on_channels(x):
+    """``concat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]])``
+    on channels, for even H and W.
+
+    When tracing for TFLite with a static grid, the same values come from unit-stride
+    slices of a ``(B*H/2, 2, W/2, 2C)`` view: XNNPACK does not take strided slices, so
+    each of the four would run outside the delegate and split its graph.
+    """
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    if not (is_tflite_tracing() and isinstance(h, int) and isinstance(w, int)):
+        return ops.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2],
+                                x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+    rows = ops.reshape(x, (-1, 2, w // 2, 2 * c))  # (B*H/2, row phase, W/2, (col phase, C))
+    # i:i + 1, not i: XNNPACK does not take slices that drop an axis either.
+    parts = [rows[:, i:i + 1, :, j * c:(j + 1) * c] for j in (0, 1) for i in (0, 1)]
+    return ops.reshape(ops.concatenate(parts, axis=-1), (-1, h // 2, w // 2, 4 * c))
+
+
 @keras.saving.register_keras_serializable(package="visionzoo")
 class PatchMerging(keras.layers.Layer):
     """Swin's 2x downsampling: the four 2x2 phases ``(0,0), (1,0), (0,1), (1,1)``
@@ -406,8 +426,7 @@ class PatchMerging(keras.layers.Layer):
         h, w = x.shape[1], x.shape[2]
         if h is not None and w is not None and (h % 2 or w % 2):
             x = ops.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-        x = ops.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2],
-                             x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+        x = _phases_on_channels(x)
         if self.norm_first:
             return self.reduction(self.norm(x))
         return self.norm(self.reduction(x))
