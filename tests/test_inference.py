@@ -21,6 +21,13 @@ def model():
     return visionzoo.create_model("shvit_s1", input_shape=(64, 64, 3), num_classes=7)
 
 
+@pytest.fixture(autouse=True)
+def no_autotune(request, monkeypatch):
+    """XLA's default fusion settings (bit-equal to Keras' path) unless a test opts in."""
+    if "autotune" not in request.node.name:
+        monkeypatch.setenv(inference.AUTOTUNE_ENV, "0")
+
+
 def test_same_outputs_as_keras(model):
     x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype("float32")
     ours = model.predict_on_batch(x)
@@ -91,3 +98,62 @@ def test_stands_aside(model):
         finally:
             keras.distribution.set_distribution(None)
         assert inference.predict_on_batch(model, x) is not None
+
+
+@pytest.mark.skipif(not JAX, reason="the XLA:CPU autotuner is JAX-only")
+def test_autotune_keeps_the_fastest_setting_and_close_outputs(monkeypatch):
+    """The first call per input signature tries every YNN fusion setting and keeps the
+    fastest; later calls reuse it; outputs match Keras' within float32 rounding."""
+    monkeypatch.delenv(inference.AUTOTUNE_ENV, raising=False)
+    model = visionzoo.create_model("shvit_s1", input_shape=(64, 64, 3), num_classes=7)
+    x = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype("float32")
+    ref = _keras(model, x)
+    tried = []
+    real = inference._timed
+
+    def timed(fn, values, inputs):
+        tried.append(fn)
+        real(fn, values, inputs)
+        # Pretend the second candidate is by far the fastest.
+        return 0.1 if len({id(f) for f in tried}) == 2 else 1.0
+
+    monkeypatch.setattr(inference, "_timed", timed)
+    out = model.predict_on_batch(x)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert len({id(f) for f in tried}) == len(inference.CANDIDATES)
+    assert list(inference.chosen_options(model).values()) == [inference.CANDIDATES[1]]
+    count = len(tried)
+    again = model.predict_on_batch(x)  # same signature: no new trials
+    assert len(tried) == count
+    np.testing.assert_array_equal(again, out)
+    model.predict_on_batch(x[:1])  # new signature: tuned again
+    assert len(tried) == 2 * count and len(inference.chosen_options(model)) == 2
+
+
+@pytest.mark.skipif(not JAX, reason="the XLA:CPU autotuner is JAX-only")
+def test_autotune_margin_and_unknown_settings(monkeypatch):
+    """An alternative must beat the default by the margin; a setting this jaxlib does
+    not know is skipped, not an error; VISIONZOO_XLA_AUTOTUNE=0 compiles once."""
+    import jax
+
+    def forward(values, inputs):
+        return inputs @ values[0]
+
+    values, x = [np.eye(3, dtype="float32")], np.ones((2, 3), "float32")
+    times = iter([1.0, 1.0, 0.97, 0.97])  # 3 % faster: within the margin
+    monkeypatch.setattr(inference, "_timed", lambda *a: next(times))
+    fn, option, out = inference._autotune(
+        forward, values, x, candidates=(None, "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"))
+    assert option is None
+    np.testing.assert_array_equal(np.asarray(out), x)
+    monkeypatch.setattr(inference, "_timed", lambda *a: 1.0)
+    fn, option, _ = inference._autotune(forward, values, x,
+                                        candidates=(None, "NOT_A_FUSION_TYPE"))
+    assert option is None
+    np.testing.assert_array_equal(np.asarray(fn(values, x)), x)
+    with pytest.raises(Exception):
+        inference._autotune(forward, values, x, candidates=("NOT_A_FUSION_TYPE",))
+    monkeypatch.setenv(inference.AUTOTUNE_ENV, "0")
+    assert not inference._autotuning()
+    monkeypatch.setenv(inference.AUTOTUNE_ENV, "1")
+    assert inference._autotuning() == (jax.default_backend() == "cpu")
