@@ -9,7 +9,9 @@ How each side is timed (fp32, random weights, random input, CPU):
 * **Ours, on the active Keras backend**, through ``model.predict_on_batch(x)`` with a
   NumPy batch -- what a user calls, conversions in and out included:
 
-  - ``jax``: Keras jit-compiles the predict step with XLA;
+  - ``jax``: one cached ``jax.jit`` of the forward pass (:mod:`visionzoo.inference`),
+    which on CPU autotunes XLA's YNN library fusion at the first call (so
+    ``ours_first_call_s`` includes compiling three variants);
   - ``tensorflow``: Keras wraps the predict step in a ``tf.function`` (graph mode).
     Keras leaves XLA off on CPU (``jit_compile="auto"``) and so do we;
   - ``torch``: Keras runs the step eagerly under ``torch.no_grad()``; we also wrap the
