@@ -43,7 +43,9 @@ def depthwise_conv(x, kernel, strides=1, padding="valid", dilation_rate=1):
     as the sum of the ``kh * kw`` shifted (and strided) slices of the padded input times
     one kernel tap each, which XLA fuses into one loop. On JAX with a depth multiplier of
     1 that form is used; the result equals the convolution up to float32 summation
-    order. Other backends call their native depthwise kernels.
+    order. Other backends call their native depthwise kernels, except that a kernel of
+    more than 25 taps traced for TFLite (:func:`visionzoo.layers.lowering.tflite_tracing`)
+    becomes :func:`depthwise_conv_split`'s bands.
     """
     strides = _pair(strides)
     dilation = _pair(dilation_rate)
