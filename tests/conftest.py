@@ -15,6 +15,11 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_backend_optimization_level=0").strip()
 
+# visionzoo.inference autotunes XLA:CPU's library fusion on JAX (three compilations and
+# timed calls per input signature): slow here, and meaningless under the flag above. Off
+# unless a test turns it on (tests/test_inference.py does, for the tests about it).
+os.environ.setdefault("VISIONZOO_XLA_AUTOTUNE", "0")
+
 try:  # reference implementations first (see the module docstring)
     import torch  # noqa: F401
     import torchvision  # noqa: F401

@@ -157,3 +157,74 @@ def test_autotune_margin_and_unknown_settings(monkeypatch):
     assert not inference._autotuning()
     monkeypatch.setenv(inference.AUTOTUNE_ENV, "1")
     assert inference._autotuning() == (jax.default_backend() == "cpu")
+
+
+class _CountBatches(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+def test_predict_same_outputs_as_keras():
+    """``predict()`` keeps Keras' loop (batches, a smaller last batch, callbacks,
+    steps_per_execution, (x, y) data) and, on JAX, runs the fast path."""
+    model = visionzoo.create_model("shvit_s1", input_shape=(64, 64, 3), num_classes=7)
+    x = np.random.default_rng(3).standard_normal((5, 64, 64, 3)).astype("float32")
+    ref = keras.Model.predict(model, x, batch_size=2, verbose=0)
+    assert model.predict_function is not None  # Keras' own, built by the line above
+    keras_fn = model.predict_function
+    counter = _CountBatches()
+    ours = model.predict(x, batch_size=2, verbose=0, callbacks=[counter])
+    assert counter.batches == 3 and ours.shape == (5, 7)
+    np.testing.assert_array_equal(ours, ref)
+    assert model.predict_function is keras_fn  # restored for Keras' other entry points
+    signatures = inference.chosen_options(model)
+    # JAX: the full batches and the last one compiled once each, through our cache.
+    assert len(signatures) == (2 if JAX else 0)
+    labelled = ((x[i:i + 2], np.zeros(len(x[i:i + 2]))) for i in range(0, 5, 2))
+    np.testing.assert_array_equal(model.predict(labelled, verbose=0), ref)
+    if keras.backend.backend() != "torch":  # torch-backend Keras allows only 1
+        model.compile(steps_per_execution=2)
+        np.testing.assert_array_equal(model.predict(x, batch_size=2, verbose=0), ref)
+    # Weights changed between calls are seen.
+    head = model.get_layer("head-l")
+    old = [w.copy() for w in head.get_weights()]
+    head.set_weights([w + 0.5 for w in old])
+    changed = model.predict(x, batch_size=2, verbose=0)
+    assert np.abs(changed - ref).max() > 1e-3
+    np.testing.assert_array_equal(changed, keras.Model.predict(model, x, batch_size=2,
+                                                               verbose=0))
+    model.run_eagerly = True  # Keras' path: same outputs up to eager rounding
+    np.testing.assert_allclose(model.predict(x, batch_size=2, verbose=0), changed,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not JAX, reason="the XLA:CPU autotuner is JAX-only")
+def test_predict_autotune_tunes_once_and_reuses_for_the_last_batch(monkeypatch):
+    monkeypatch.delenv(inference.AUTOTUNE_ENV, raising=False)
+    model = visionzoo.create_model("shvit_s1", input_shape=(64, 64, 3), num_classes=7)
+    x = np.random.default_rng(4).standard_normal((5, 64, 64, 3)).astype("float32")
+    ref = keras.Model.predict(model, x, batch_size=2, verbose=0)
+    tried = []
+    real = inference._timed
+
+    def timed(fn, values, inputs):
+        tried.append(fn)
+        real(fn, values, inputs)
+        return 0.1 if len({id(f) for f in tried}) == 2 else 1.0
+
+    monkeypatch.setattr(inference, "_timed", timed)
+    out = model.predict(x, batch_size=2, verbose=0)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    # Tuned once (batch 2); the last batch of 1 reused the kept setting untimed.
+    assert len({id(f) for f in tried}) == len(inference.CANDIDATES)
+    assert list(inference.chosen_options(model).values()) == [inference.CANDIDATES[1]] * 2
+    count = len(tried)
+    model.predict(x, batch_size=2, verbose=0)
+    assert len(tried) == count
+    # predict_on_batch with a new batch size is tuned on its own.
+    model.predict_on_batch(x[:3])
+    assert len(tried) == 2 * count

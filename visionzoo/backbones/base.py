@@ -72,6 +72,14 @@ class ZooBackbone(keras.Model):
         outputs = predict_on_batch(self, x)
         return super().predict_on_batch(x) if outputs is None else outputs
 
+    def predict(self, x, *args, **kwargs):
+        """As ``keras.Model.predict``; on JAX each batch runs through the same cached,
+        autotuned function as :meth:`predict_on_batch` (:mod:`visionzoo.inference`)."""
+        from visionzoo.inference import fast_predict
+
+        with fast_predict(self):
+            return super().predict(x, *args, **kwargs)
+
     def features(self):
         """A model from the input to ``pyramid_outputs`` (``features_only=True``)."""
         if not getattr(self, "pyramid_outputs", None):
