@@ -12,6 +12,12 @@ another so that nothing competes for the cores, a child process per stage:
 1. ``sgemm``: the machine's fp32 matmul rate, ``numpy.matmul`` and ``torch.mm`` of two
    N x N matrices (median GFLOP/s of the timed calls); the best of the two is the
    reference rate for the ``sgemm_fraction`` column.
+   ``gemm``: the library matrix products our JAX models and timm's models get, on the
+   shapes of a four-stage hierarchy's token MLPs (:data:`GEMM_SHAPES`, per batch):
+   XLA:CPU (``jax.jit`` of ``x @ w + b``, the best of the YNN fusion settings
+   :mod:`visionzoo.inference` autotunes among) against MKL (``torch.nn.functional.linear``).
+   Where a model's time is mostly matrix products, this ratio bounds how far our JAX
+   path can get ahead of timm.
 2. ``ours`` once per Keras backend (``KERAS_BACKEND`` is fixed per process): each model
    and batch timed by :func:`visionzoo.bench.time_keras` (``predict_on_batch``: XLA jit
    on JAX, ``tf.function`` on TensorFlow, eager on torch), fp32, random weights. The
@@ -44,10 +50,12 @@ fails gets a row with an empty value and the reason in ``note``.
 CSV columns (:data:`FIELDS`), one row per model x measurement:
 
 - ``measurement``: ``throughput`` (img/s), ``tflite_latency`` (ms), ``tflite_size``
-  (bytes), ``sgemm`` (GFLOP/s, no model), ``params`` (count), ``gmacs`` (GMAC at
+  (bytes), ``sgemm`` and ``gemm`` (GFLOP/s, no model; ``gemm``'s ``mode`` is
+  ``MxKxN``), ``params`` (count), ``gmacs`` (GMAC at
   ``size``), ``top1_published`` (%);
 - ``impl``: ``jax``/``tensorflow``/``torch`` (ours), ``timm``, ``visionzoo`` or
-  ``litert-torch`` (TFLite files), ``numpy``/``torch`` (sgemm), ``registry``;
+  ``litert-torch`` (TFLite files), ``numpy``/``torch`` (sgemm), ``jax``/``torch``
+  (gemm), ``registry``;
 - ``mode``: how it ran (``jit``, ``tf.function``, ``eager``, ``torch.compile``,
   ``fp32``/``fp16``/``int8`` for TFLite files);
 - ``gflops_achieved`` = 2 x GMACs x img/s and ``sgemm_fraction`` = that / the best
@@ -225,6 +233,91 @@ def stage_sgemm(args, out):
         except Exception as e:  # noqa: BLE001 (record, keep going)
             row = failed_row(f"failed: {e!r}", **base)
         _append_jsonl(out, row)
+
+
+# The token MLPs (ratio 4) of a four-stage 224-px hierarchy with widths 64/128/320/512,
+# as in PoolFormer-S12/v2, ConvFormer-S18 and CAFormer-S18: (role, tokens, K, N); at
+# batch b a product is (b x tokens) x K times K x N.
+GEMM_SHAPES = (
+    ("stage 1 MLP fc1", 3136, 64, 256), ("stage 1 MLP fc2", 3136, 256, 64),
+    ("stage 2 MLP fc1", 784, 128, 512), ("stage 2 MLP fc2", 784, 512, 128),
+    ("stage 3 MLP fc1", 196, 320, 1280), ("stage 3 MLP fc2", 196, 1280, 320),
+    ("stage 4 MLP fc1", 49, 512, 2048), ("stage 4 MLP fc2", 49, 2048, 512),
+)
+
+
+def gemm_rate(m, k, n, lib, repeats=10, warmup=2, threads=None):
+    """GFLOP/s (``{"value", "p25", "p75", "option"}``) of ``x @ w + b`` with ``x`` m x k
+    and ``w`` k x n in fp32: ``lib="jax"`` is XLA:CPU, best median over the YNN fusion
+    settings visionzoo's JAX path autotunes among (``option``: the kept one, None = XLA's
+    default); ``lib="torch"`` is ``torch.nn.functional.linear`` (MKL)."""
+    import numpy as np
+
+    threads = threads or bench.default_threads()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    b = rng.standard_normal((n,), dtype=np.float32)
+    candidates = [None]
+    if lib == "jax":
+        import jax
+
+        from visionzoo.inference import CANDIDATES, YNN_OPTION
+
+        candidates = CANDIDATES
+        xj, wj, bj = map(jax.device_put, (x, w, b))
+    elif lib == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        xt, wt, bt = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(w.T)), \
+            torch.from_numpy(b)
+    else:
+        raise ValueError(f"lib must be 'jax' or 'torch', got {lib!r}.")
+    best = None
+    for option in candidates:
+        if lib == "jax":
+            try:
+                f = jax.jit(lambda x, w, b: x @ w + b,
+                            compiler_options=None if option is None else {YNN_OPTION: option})
+                f(xj, wj, bj).block_until_ready()
+            except Exception:  # noqa: BLE001 (a setting this jaxlib does not know)
+                continue
+            fn = lambda: f(xj, wj, bj).block_until_ready()  # noqa: E731
+        else:
+            def fn():
+                with torch.inference_mode():
+                    torch.nn.functional.linear(xt, wt, bt)
+        _, times = bench._time_calls(fn, repeats, warmup)
+        rates = sorted(2.0 * m * k * n / max(t, 1e-12) / 1e9 for t in times)
+        result = {"value": bench._percentile(rates, 50), "p25": bench._percentile(rates, 25),
+                  "p75": bench._percentile(rates, 75), "option": option}
+        if best is None or result["value"] > best["value"]:
+            best = result
+    return best
+
+
+def stage_gemm(args, out):
+    import torch  # noqa: F401  (torch before anything else, as everywhere here)
+
+    for batch in args.batches:
+        for role, tokens, k, n in GEMM_SHAPES:
+            m = batch * tokens
+            for lib in ("jax", "torch"):
+                base = dict(measurement="gemm", impl=lib, mode=f"{m}x{k}x{n}", batch=batch,
+                            threads=bench.default_threads(), repeats=args.repeats,
+                            unit="GFLOP/s")
+                try:
+                    row = make_row(**base)
+                    rate = gemm_rate(m, k, n, lib, max(args.repeats, 10), args.warmup)
+                    option = rate.pop("option")
+                    row.update(rate)
+                    row["note"] = role + (
+                        "; XLA:CPU " + ("default" if option is None else option)
+                        if lib == "jax" else "; MKL (torch.nn.functional.linear)")
+                except Exception as e:  # noqa: BLE001 (record, keep going)
+                    row = failed_row(f"failed: {e!r}", **base)
+                _append_jsonl(out, row)
 
 
 def stage_info(args, out):
@@ -426,7 +519,7 @@ def stage_litert(args, out):
             _latency_rows(out, path, args, common, "fp32")
 
 
-STAGES = {"sgemm": stage_sgemm, "info": stage_info, "ours": stage_ours,
+STAGES = {"sgemm": stage_sgemm, "gemm": stage_gemm, "info": stage_info, "ours": stage_ours,
           "tflite": stage_tflite, "litert": stage_litert}
 
 
@@ -566,7 +659,10 @@ def run_suite(args):
         keep(facts)
         info = {r["model"]: (r["timm_model"], r["size"]) for r in facts}
         keep(run_stage("sgemm", args, extra=("--note", "start of run"))[0])
-        for backend in args.backends:
+        if args.gemm:
+            _log("library matrix products on the models' shapes")
+            keep(run_stage("gemm", args, {"KERAS_BACKEND": "jax"})[0])
+        for backend in (args.backends if args.ours else ()):
             _log(f"our models on {backend}")
             keep(run_stage("ours", args, {"KERAS_BACKEND": backend},
                            timeout=args.stage_timeout)[0])
@@ -605,6 +701,10 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--sgemm-n", type=int, default=2048, help="matrix side for sgemm")
     p.add_argument("--tflite-threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--no-gemm", dest="gemm", action="store_false",
+                   help="skip the XLA:CPU vs MKL matrix products on the models' shapes")
+    p.add_argument("--no-ours", dest="ours", action="store_false",
+                   help="skip our models on every backend")
     p.add_argument("--no-timm", dest="timm", action="store_false")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip timm under torch.compile (slow to compile)")

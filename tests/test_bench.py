@@ -171,6 +171,16 @@ def _synthetic_rows(suite):
           impl="visionzoo", mode="fp32", batch=1, threads=1, value=8.8, unit="ms"),
         r(model="alpha_s", timm_model="alpha_s", measurement="tflite_size",
           impl="visionzoo", mode="fp32", batch=1, value=3 * 2**20, unit="bytes"),
+        r(measurement="gemm", impl="jax", mode="49x512x2048", batch=1, value=120.0,
+          unit="GFLOP/s", note="stage 4 MLP fc1; XLA:CPU default"),
+        r(measurement="gemm", impl="torch", mode="49x512x2048", batch=1, value=240.0,
+          unit="GFLOP/s", note="stage 4 MLP fc1; MKL (torch.nn.functional.linear)"),
+        r(measurement="gemm", impl="jax", mode="196x320x1280", batch=1, value=270.0,
+          unit="GFLOP/s", note="stage 3 MLP fc1; XLA:CPU default"),
+        r(measurement="gemm", impl="torch", mode="196x320x1280", batch=1, value=300.0,
+          unit="GFLOP/s", note="stage 3 MLP fc1; MKL (torch.nn.functional.linear)"),
+        r(measurement="gemm", impl="jax", mode="392x512x2048", batch=8,
+          unit="GFLOP/s", note="failed: RuntimeError('gemm boom')"),
     ]
 
 
@@ -207,6 +217,35 @@ def test_make_table_from_synthetic_csv(tmp_path, suite_modules):
     assert "at batch 1 (target ≥ 50 % for matmul-bound models): alpha_s " in text
     beta = next(x for x in text.splitlines() if x.startswith("| beta_t | 456.7"))
     assert beta.count("—") >= 5  # no timm counterpart, no other backend
+    # XLA:CPU vs MKL on the models' shapes: rows in stage order, ratio, median per batch.
+    gemm = [x for x in text.splitlines() if x.startswith("| stage ")]
+    assert gemm == ["| stage 3 MLP fc1 | 1 | 196×320×1280 | 270 | 300 | 0.90 |",
+                    "| stage 4 MLP fc1 | 1 | 49×512×2048 | 120 | 240 | 0.50 |"]
+    assert "Median XLA ÷ MKL: batch 1 0.70." in text
+    assert "gemm boom" not in text  # the machine's library rates are not model cells
+
+
+def test_suite_gemm_stage(tmp_path, suite_modules, monkeypatch):
+    """The XLA:CPU vs MKL stage: one row per library, shape and batch, with the
+    product's role and the kept XLA setting in the note."""
+    suite, _ = suite_modules
+    pytest.importorskip("jax")
+    monkeypatch.setattr(suite, "GEMM_SHAPES", (("tiny fc", 16, 32, 64),))
+    out = str(tmp_path / "rows.jsonl")
+    args = types.SimpleNamespace(batches=[1, 2], repeats=1, warmup=0)
+    suite.stage_gemm(args, out)
+    with open(out) as f:
+        rows = [suite.json.loads(line) for line in f]
+    assert [(r["impl"], r["mode"], r["batch"]) for r in rows] == [
+        ("jax", "16x32x64", 1), ("torch", "16x32x64", 1),
+        ("jax", "32x32x64", 2), ("torch", "32x32x64", 2)]
+    for r in rows:
+        assert r["measurement"] == "gemm" and r["unit"] == "GFLOP/s"
+        assert _positive(r["value"]) and r["p25"] <= r["value"] <= r["p75"]
+        assert r["note"].startswith("tiny fc; ")
+    assert "XLA:CPU" in rows[0]["note"] and "MKL" in rows[1]["note"]
+    with pytest.raises(ValueError, match="lib must be"):
+        suite.gemm_rate(4, 4, 4, "numpy")
 
 
 def test_suite_csv_writer_and_sgemm(tmp_path, suite_modules):
