@@ -122,8 +122,9 @@ class Results:
         return best / ref if best and ref else None
 
     def tflite_ratio(self, model, threads):
-        ours = self.value(model, "tflite_latency", "visionzoo", threads=threads)
-        theirs = self.value(model, "tflite_latency", "litert-torch", threads=threads)
+        ours = self.value(model, "tflite_latency", "visionzoo", "fp32", threads=threads)
+        theirs = self.value(model, "tflite_latency", "litert-torch", "fp32",
+                            threads=threads)
         return ours / theirs if ours and theirs else None
 
     def best_sgemm(self, run_id):
@@ -251,12 +252,14 @@ def _tflite_table(res):
     for m in res.models:
         cells = [m]
         for impl in ("visionzoo", "litert-torch"):
-            cells += [_fmt(res.value(m, "tflite_latency", impl, threads=t))
+            cells += [_fmt(res.value(m, "tflite_latency", impl, "fp32", threads=t))
                       for t in res.threads]
         for t in res.threads:
             ratio = res.tflite_ratio(m, t)
             cells.append(_fmt(ratio, 2, "×") + ("" if ratio is None or ratio <= TFLITE_TARGET
                                                 else " ✗"))
+        cells += [_fmt(res.value(m, "tflite_latency", "visionzoo", "int8", threads=t))
+                  for t in res.threads]
         cells += [_mib(res.value(m, "tflite_size", "visionzoo", mode=q))
                   for q in ("fp32", "fp16", "int8")]
         cells.append(_mib(res.value(m, "tflite_size", "litert-torch", mode="fp32")))
@@ -264,6 +267,7 @@ def _tflite_table(res):
     header = (["model"] + [f"ours {t}T ms" for t in res.threads]
               + [f"litert-torch {t}T ms" for t in res.threads]
               + [f"ours / litert-torch {t}T" for t in res.threads]
+              + [f"ours int8 {t}T ms" for t in res.threads]
               + ["ours fp32 MiB", "ours fp16 MiB", "ours int8 MiB", "litert-torch MiB"])
     return _table(header, body, "l" + "r" * (len(header) - 1))
 
@@ -380,14 +384,16 @@ def markdown(rows, sources):
     if gemm:
         lines += ["", "## Matrix products: XLA:CPU vs MKL on the models' shapes", ""] + gemm
     if res.threads:
-        lines += ["", "## TFLite (batch 1, fp32, XNNPACK in ai-edge-litert)", ""]
+        lines += ["", "## TFLite (batch 1, XNNPACK in ai-edge-litert; fp32 unless marked "
+                  "int8)", ""]
         lines += _tflite_table(res)
         fixed = [r for r in res.rows if r["measurement"] == "tflite_size"
                  and r["impl"] == "visionzoo" and "batch 1" in (r.get("note") or "")]
         batch = ("fixed batch 1, `batch_size=1`" if fixed
                  else "dynamic batch, resized to 1 at run time")
         lines += ["", f"Ours: `visionzoo.export.to_tflite` ({batch}; builtin ops; int8 "
-                  "calibrated on a few random images, for the size only). litert-torch: "
+                  "calibrated on a few random images: its size and speed are what a calibrated "
+                  "file has, its accuracy is not measured here). litert-torch: "
                   "timm's model (fixed batch 1) "
                   "converted by `litert_torch.convert` (zero-initialised tensors re-drawn "
                   "first, so no branch is folded away)."]
@@ -412,7 +418,7 @@ def plot(rows, path):
     series = (("best Keras backend, batch 1", "o", lambda m: (
         1000.0 / res.best_ours(m, 1)[1]) if res.best_ours(m, 1)[1] else None),
         ("TFLite fp32, 1 thread", "s", lambda m: res.value(
-            m, "tflite_latency", "visionzoo", threads=1)))
+            m, "tflite_latency", "visionzoo", "fp32", threads=1)))
     plotted = 0
     for label, marker, latency in series:
         xs, ys, names = [], [], []

@@ -29,7 +29,7 @@ another so that nothing competes for the cores, a child process per stage:
 4. ``tflite`` (TensorFlow backend): ``visionzoo.export.to_tflite`` of each model with a
    fixed batch of 1 (``batch_size=1``, as litert-torch's files have) in fp32
    (parity-checked), fp16 and int8 (calibrated on a few random images: for the size
-   only); file sizes, and the fp32 file's ``Interpreter.invoke`` latency in
+   only); file sizes, and the fp32 and int8 files' ``Interpreter.invoke`` latency in
    ai-edge-litert (XNNPACK) at batch 1 with 1 and 2 threads.
 5. ``litert``: timm's model converted with ``litert_torch.convert`` (litert-torch) and
    timed the same way, when litert-torch imports; otherwise rows say "unavailable" and
@@ -388,7 +388,8 @@ def _time_interpreter(path, threads, repeats, warmup, x=None):
 
 
 def stage_tflite(args, out):
-    """Our TFLite exports: sizes (fp32/fp16/int8) and fp32 latency (1, 2 threads)."""
+    """Our TFLite exports: sizes (fp32/fp16/int8) and fp32 and int8 latency (1, 2
+    threads)."""
     from visionzoo.export import example_inputs, to_tflite
     from visionzoo.registry import create_model, get_variant
 
@@ -427,8 +428,10 @@ def stage_tflite(args, out):
                 except Exception as e:  # noqa: BLE001
                     row.update(note=f"failed: {e!r}"[:300])
                 _append_jsonl(out, row)
-                if quantize is None and row["value"] is not None:
-                    _latency_rows(out, path, args, common, "fp32")
+                if quantize != "fp16" and row["value"] is not None:
+                    # fp32 (the comparison with litert-torch) and int8 (what a phone
+                    # app ships); an fp16 file runs as fp32 on x86 XNNPACK.
+                    _latency_rows(out, path, args, common, mode)
 
 
 def _latency_rows(out, path, args, common, mode):
@@ -620,7 +623,8 @@ def summarize(rows):
                 + (f"{ratio:.2f}x" + ("" if ratio >= 1.25 else " MISS") if ratio else "—")
                 + f" | {_f(frac, 2)}")
         lat = {(r["impl"], r["threads"]): val(r) for r in rows
-               if r["model"] == name and r["measurement"] == "tflite_latency"}
+               if r["model"] == name and r["measurement"] == "tflite_latency"
+               and r["mode"] == "fp32"}
         for threads in sorted({t for _, t in lat if t}, key=int):
             ours, theirs = lat.get(("visionzoo", threads)), lat.get(("litert-torch", threads))
             if ours:

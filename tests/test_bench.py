@@ -171,6 +171,8 @@ def _synthetic_rows(suite):
           impl="visionzoo", mode="fp32", batch=1, threads=1, value=8.8, unit="ms"),
         r(model="alpha_s", timm_model="alpha_s", measurement="tflite_size",
           impl="visionzoo", mode="fp32", batch=1, value=3 * 2**20, unit="bytes"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="tflite_latency",
+          impl="visionzoo", mode="int8", batch=1, threads=1, value=2.4, unit="ms"),
         r(measurement="gemm", impl="jax", mode="49x512x2048", batch=1, value=120.0,
           unit="GFLOP/s", note="stage 4 MLP fc1; XLA:CPU default"),
         r(measurement="gemm", impl="torch", mode="49x512x2048", batch=1, value=240.0,
@@ -215,6 +217,10 @@ def test_make_table_from_synthetic_csv(tmp_path, suite_modules):
             f"{100 * 2 * 1.5 * need / 100:.0f} % of sgemm (timm's best mode runs at "
             f"{100 * 2 * 1.5 * 111.1 / 100:.0f} %)") in text
     assert "at batch 1 (target ≥ 50 % for matmul-bound models): alpha_s " in text
+    # TFLite: fp32 latency in the ours/litert-torch columns, int8 in its own column.
+    tfl = next(x for x in text.splitlines() if x.startswith("| alpha_s | 8.8"))
+    tcells = [c.strip() for c in tfl.strip("|").split("|")]
+    assert tcells[1:5] == ["8.8", "—", "—", "2.4"], tcells
     beta = next(x for x in text.splitlines() if x.startswith("| beta_t | 456.7"))
     assert beta.count("—") >= 5  # no timm counterpart, no other backend
     # XLA:CPU vs MKL on the models' shapes: rows in stage order, ratio, median per batch.
