@@ -100,6 +100,21 @@ def test_stands_aside(model):
         assert inference.predict_on_batch(model, x) is not None
 
 
+def _second_candidate_fastest(monkeypatch):
+    """Make the autotuner's timing pretend the second candidate it tries is by far the
+    fastest (each candidate still runs); returns the list of timed functions."""
+    tried = []
+    real = inference._timed
+
+    def timed(fn, values, inputs):
+        tried.append(fn)
+        real(fn, values, inputs)
+        return 0.1 if len({id(f) for f in tried}) == 2 else 1.0
+
+    monkeypatch.setattr(inference, "_timed", timed)
+    return tried
+
+
 @pytest.mark.skipif(not JAX, reason="the XLA:CPU autotuner is JAX-only")
 def test_autotune_keeps_the_fastest_setting_and_close_outputs(monkeypatch):
     """The first call per input signature tries every YNN fusion setting and keeps the
@@ -108,16 +123,7 @@ def test_autotune_keeps_the_fastest_setting_and_close_outputs(monkeypatch):
     model = visionzoo.create_model("shvit_s1", input_shape=(64, 64, 3), num_classes=7)
     x = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype("float32")
     ref = _keras(model, x)
-    tried = []
-    real = inference._timed
-
-    def timed(fn, values, inputs):
-        tried.append(fn)
-        real(fn, values, inputs)
-        # Pretend the second candidate is by far the fastest.
-        return 0.1 if len({id(f) for f in tried}) == 2 else 1.0
-
-    monkeypatch.setattr(inference, "_timed", timed)
+    tried = _second_candidate_fastest(monkeypatch)
     out = model.predict_on_batch(x)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert len({id(f) for f in tried}) == len(inference.CANDIDATES)
@@ -208,15 +214,7 @@ def test_predict_autotune_tunes_once_and_reuses_for_the_last_batch(monkeypatch):
     model = visionzoo.create_model("shvit_s1", input_shape=(64, 64, 3), num_classes=7)
     x = np.random.default_rng(4).standard_normal((5, 64, 64, 3)).astype("float32")
     ref = keras.Model.predict(model, x, batch_size=2, verbose=0)
-    tried = []
-    real = inference._timed
-
-    def timed(fn, values, inputs):
-        tried.append(fn)
-        real(fn, values, inputs)
-        return 0.1 if len({id(f) for f in tried}) == 2 else 1.0
-
-    monkeypatch.setattr(inference, "_timed", timed)
+    tried = _second_candidate_fastest(monkeypatch)
     out = model.predict(x, batch_size=2, verbose=0)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     # Tuned once (batch 2); the last batch of 1 reused the kept setting untimed.
