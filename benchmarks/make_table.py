@@ -272,6 +272,40 @@ def _tflite_table(res):
     return _table(header, body, "l" + "r" * (len(header) - 1))
 
 
+def _dynamic_table(res):
+    """Dynamic-range files (int8 weights, float32 activations): ours against litert-torch's
+    file quantised by ai-edge-quantizer, and against our own fp32 file. None without
+    dynamic rows."""
+    if not any(r["measurement"] == "tflite_latency" and r["mode"] == "dynamic"
+               for r in res.rows):
+        return None
+    body = []
+    for m in res.models:
+        ours = {t: res.value(m, "tflite_latency", "visionzoo", "dynamic", threads=t)
+                for t in res.threads}
+        theirs = {t: res.value(m, "tflite_latency", "litert-torch", "dynamic", threads=t)
+                  for t in res.threads}
+        fp32 = {t: res.value(m, "tflite_latency", "visionzoo", "fp32", threads=t)
+                for t in res.threads}
+        cells = [m] + [_fmt(ours[t]) for t in res.threads]
+        cells += [_fmt(theirs[t]) for t in res.threads]
+        for t in res.threads:
+            ratio = ours[t] / theirs[t] if ours[t] and theirs[t] else None
+            cells.append(_fmt(ratio, 2, "×") + (
+                "" if ratio is None or ratio <= TFLITE_TARGET else " ✗"))
+        cells += [_fmt(fp32[t] / ours[t] if ours[t] and fp32[t] else None, 2, "×")
+                  for t in res.threads]
+        cells += [_mib(res.value(m, "tflite_size", impl, mode="dynamic"))
+                  for impl in ("visionzoo", "litert-torch")]
+        body.append(cells)
+    header = (["model"] + [f"ours {t}T ms" for t in res.threads]
+              + [f"litert-torch {t}T ms" for t in res.threads]
+              + [f"ours / litert-torch {t}T" for t in res.threads]
+              + [f"speed-up over our fp32 {t}T" for t in res.threads]
+              + ["ours MiB", "litert-torch MiB"])
+    return _table(header, body, "l" + "r" * (len(header) - 1))
+
+
 def _gemm_table(res):
     """XLA:CPU (our JAX path) vs MKL (timm's) on the models' matrix-product shapes."""
     cells = {}
@@ -397,6 +431,15 @@ def markdown(rows, sources):
                   "timm's model (fixed batch 1) "
                   "converted by `litert_torch.convert` (zero-initialised tensors re-drawn "
                   "first, so no branch is folded away)."]
+        dynamic = _dynamic_table(res)
+        if dynamic:
+            lines += ["", "## TFLite dynamic-range int8 (int8 weights, float32 activations; "
+                      "batch 1, XNNPACK)", ""] + dynamic
+            lines += ["", "Ours: `to_tflite(..., quantize=\"dynamic\")` (no calibration "
+                      "data). litert-torch: its fp32 file above quantised by ai-edge-"
+                      "quantizer's `dynamic_wi8_afp32` recipe. Both run XNNPACK's "
+                      "dynamically quantised int8 products; outputs differ from fp32 by "
+                      "the weight and per-row activation rounding."]
     lines += ["", "## Targets (issue 11)", ""] + _targets(res)
     failures = _failures(res)
     if failures:

@@ -28,12 +28,14 @@ another so that nothing competes for the cores, a child process per stage:
    :func:`visionzoo.bench.time_timm` (torch never shares a process with TensorFlow).
 4. ``tflite`` (TensorFlow backend): ``visionzoo.export.to_tflite`` of each model with a
    fixed batch of 1 (``batch_size=1``, as litert-torch's files have) in fp32
-   (parity-checked), fp16 and int8 (calibrated on a few random images: for the size
-   only); file sizes, and the fp32 and int8 files' ``Interpreter.invoke`` latency in
-   ai-edge-litert (XNNPACK) at batch 1 with 1 and 2 threads.
+   (parity-checked), fp16, dynamic (int8 weights, float activations) and int8
+   (calibrated on a few random images: for the size only); file sizes, and the fp32,
+   dynamic and int8 files' ``Interpreter.invoke`` latency in ai-edge-litert (XNNPACK) at
+   batch 1 with 1 and 2 threads.
 5. ``litert``: timm's model converted with ``litert_torch.convert`` (litert-torch) and
    timed the same way, when litert-torch imports; otherwise rows say "unavailable" and
-   why. timm's zero-initialised tensors are re-drawn first (the converter folds
+   why. That file is also quantised by ai-edge-quantizer's ``dynamic_wi8_afp32`` recipe
+   and timed (mode ``dynamic``), the counterpart of our dynamic files. timm's zero-initialised tensors are re-drawn first (the converter folds
    constant weights, which would delete whole residual branches). litert-torch 0.10
    would downgrade typing_extensions/anyio in the main environment, so it may be kept
    apart: ``pip install --target DIR --no-deps litert-torch litert-converter
@@ -57,7 +59,7 @@ CSV columns (:data:`FIELDS`), one row per model x measurement:
   ``litert-torch`` (TFLite files), ``numpy``/``torch`` (sgemm), ``jax``/``torch``
   (gemm), ``registry``;
 - ``mode``: how it ran (``jit``, ``tf.function``, ``eager``, ``torch.compile``,
-  ``fp32``/``fp16``/``int8`` for TFLite files);
+  ``fp32``/``fp16``/``dynamic``/``int8`` for TFLite files);
 - ``gflops_achieved`` = 2 x GMACs x img/s and ``sgemm_fraction`` = that / the best
   sgemm rate measured in the run, start or end (throughput rows with known GMACs).
 
@@ -99,7 +101,7 @@ MODELS = ("poolformerv2_s12", "convformer_s18", "caformer_s18",
           "svt_h_small")
 BACKENDS = ("jax", "tensorflow", "torch")
 OUR_MODES = {"jax": "jit", "tensorflow": "tf.function", "torch": "eager"}
-QUANT_MODES = (None, "fp16", "int8")
+QUANT_MODES = (None, "fp16", "dynamic", "int8")
 
 _PACKAGES = {"numpy": ("numpy",), "keras": ("keras",), "jax": ("jax",),
              "tensorflow": ("tensorflow", "tensorflow-cpu"), "torch": ("torch",),
@@ -388,8 +390,8 @@ def _time_interpreter(path, threads, repeats, warmup, x=None):
 
 
 def stage_tflite(args, out):
-    """Our TFLite exports: sizes (fp32/fp16/int8) and fp32 and int8 latency (1, 2
-    threads)."""
+    """Our TFLite exports: sizes (fp32/fp16/dynamic/int8) and fp32, dynamic and int8
+    latency (1, 2 threads)."""
     from visionzoo.export import example_inputs, to_tflite
     from visionzoo.registry import create_model, get_variant
 
@@ -424,13 +426,15 @@ def stage_tflite(args, out):
                         note += f", max|diff| {report.max_abs_diff:.1e}"
                     if report.int8_ops is not None:
                         note += f", {report.int8_ops} int8 ops"
+                    if report.int8_weight_ops is not None:
+                        note += f", {report.int8_weight_ops} ops with int8 weights"
                     row.update(value=report.size_bytes, note=note)
                 except Exception as e:  # noqa: BLE001
                     row.update(note=f"failed: {e!r}"[:300])
                 _append_jsonl(out, row)
                 if quantize != "fp16" and row["value"] is not None:
-                    # fp32 (the comparison with litert-torch) and int8 (what a phone
-                    # app ships); an fp16 file runs as fp32 on x86 XNNPACK.
+                    # fp32 (the comparison with litert-torch), dynamic and int8 (what a
+                    # phone app ships); an fp16 file runs as fp32 on x86 XNNPACK.
                     _latency_rows(out, path, args, common, mode)
 
 
@@ -478,7 +482,8 @@ def redraw_degenerate_params(model, seed=0):
 
 
 def stage_litert(args, out):
-    """timm's model converted by litert-torch: fp32 file size and latency."""
+    """timm's model converted by litert-torch: fp32 file size and latency, then the same
+    for that file quantised to int8 weights by ai-edge-quantizer (mode "dynamic")."""
     import timm  # torch world first (TensorFlow before torchvision crashes)
     import torch
 
@@ -520,6 +525,31 @@ def stage_litert(args, out):
                                               mode="fp32", unit="ms", **common))
                 continue
             _latency_rows(out, path, args, common, "fp32")
+            _litert_dynamic(out, path, args, common)
+
+
+def _litert_dynamic(out, path, args, common):
+    """litert-torch's file quantised by ai-edge-quantizer's ``dynamic_wi8_afp32`` recipe
+    (int8 weights, float32 activations: LiteRT's own route to what our
+    ``quantize="dynamic"`` writes): size and latency rows, mode "dynamic"."""
+    row = make_row(measurement="tflite_size", mode="dynamic", unit="bytes", **common)
+    dyn = path[:-len(".tflite")] + "_dynamic.tflite"
+    try:
+        from ai_edge_quantizer import quantizer, recipe
+
+        qt = quantizer.Quantizer(path)
+        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        qt.quantize().export_model(dyn, overwrite=True)
+        row.update(value=os.path.getsize(dyn),
+                   note="ai-edge-quantizer recipe dynamic_wi8_afp32 on the fp32 file")
+    except Exception as e:  # noqa: BLE001
+        row.update(note=f"quantisation failed: {e!r}"[:300])
+    _append_jsonl(out, row)
+    if row["value"] is None:
+        _append_jsonl(out, failed_row(row["note"], measurement="tflite_latency",
+                                      mode="dynamic", unit="ms", **common))
+        return
+    _latency_rows(out, dyn, args, common, "dynamic")
 
 
 STAGES = {"sgemm": stage_sgemm, "gemm": stage_gemm, "info": stage_info, "ours": stage_ours,

@@ -173,6 +173,14 @@ def _synthetic_rows(suite):
           impl="visionzoo", mode="fp32", batch=1, value=3 * 2**20, unit="bytes"),
         r(model="alpha_s", timm_model="alpha_s", measurement="tflite_latency",
           impl="visionzoo", mode="int8", batch=1, threads=1, value=2.4, unit="ms"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="tflite_latency",
+          impl="visionzoo", mode="dynamic", batch=1, threads=1, value=2.2, unit="ms"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="tflite_latency",
+          impl="litert-torch", mode="dynamic", batch=1, threads=1, value=2.5, unit="ms"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="tflite_size",
+          impl="visionzoo", mode="dynamic", batch=1, value=0.8 * 2**20, unit="bytes"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="tflite_size",
+          impl="litert-torch", mode="dynamic", batch=1, value=0.9 * 2**20, unit="bytes"),
         r(measurement="gemm", impl="jax", mode="49x512x2048", batch=1, value=120.0,
           unit="GFLOP/s", note="stage 4 MLP fc1; XLA:CPU default"),
         r(measurement="gemm", impl="torch", mode="49x512x2048", batch=1, value=240.0,
@@ -221,6 +229,12 @@ def test_make_table_from_synthetic_csv(tmp_path, suite_modules):
     tfl = next(x for x in text.splitlines() if x.startswith("| alpha_s | 8.8"))
     tcells = [c.strip() for c in tfl.strip("|").split("|")]
     assert tcells[1:5] == ["8.8", "—", "—", "2.4"], tcells
+    # Dynamic-range files: ours vs litert-torch's quantised file, and the gain over fp32.
+    assert "## TFLite dynamic-range int8" in text
+    dyn = next(x for x in text.splitlines() if x.startswith("| alpha_s | 2.2"))
+    dcells = [c.strip() for c in dyn.strip("|").split("|")]
+    assert dcells[1:] == ["2.2", "2.5", f"{2.2 / 2.5:.2f}× ✗", f"{8.8 / 2.2:.2f}×",
+                          "0.8", "0.9"], dcells
     beta = next(x for x in text.splitlines() if x.startswith("| beta_t | 456.7"))
     assert beta.count("—") >= 5  # no timm counterpart, no other backend
     # XLA:CPU vs MKL on the models' shapes: rows in stage order, ratio, median per batch.

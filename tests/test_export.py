@@ -197,6 +197,48 @@ def test_int8_export_close_to_float(tmp_path):
     assert corr >= 0.9, corr
 
 
+def test_dynamic_export_int8_weights_float_activations(tmp_path):
+    model, side = mini("caformer")
+    path = tmp_path / "m_dynamic.tflite"
+    report = to_tflite(model, path, quantize="dynamic", input_size=(side, side))
+    assert report.quantize == "dynamic"
+    assert_builtin_only(report, path)
+    # Weight-only quantisation: no calibrated QUANTIZE steps, float activations, and
+    # every product (FULLY_CONNECTED, CONV_2D) reads int8 weights.
+    assert "QUANTIZE" not in report.op_names
+    assert report.int8_ops is None
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    it = Interpreter(model_path=str(path), experimental_op_resolver_type=(
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    it.allocate_tensors()
+    dtypes = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
+    products = [d for d in it._get_ops_details()
+                if d["op_name"] in ("FULLY_CONNECTED", "CONV_2D")]
+    with_int8 = [d for d in products if any(dtypes.get(i) == np.int8 for i in d["inputs"])]
+    assert products and len(with_int8) >= len(products) // 2, report.summary()
+    assert report.int8_weight_ops >= len(with_int8)  # (depthwise convs may count too)
+    assert all(dtypes[o] == np.float32 for d in products for o in d["outputs"])
+    assert report.size_bytes < 0.5 * 4 * n_params(model)  # int8 weights
+    assert "ops with int8 weights" in report.summary()
+
+    # Held-out samples: close to the float model sample by sample (no calibration).
+    x = images(8, side, seed=2)
+    ref = keras_out(model, x)
+    got = run_file(path, x)
+    assert got.shape == ref.shape
+    assert np.max(np.abs(got - ref)) <= 0.1 * np.max(np.abs(ref))
+    rc, gc = ref - ref.mean(0), got - got.mean(0)
+    assert np.std(rc) > 0.1 * np.mean(np.abs(ref))  # samples really differ
+    corr = float((rc * gc).sum() / np.sqrt((rc ** 2).sum() * (gc ** 2).sum()))
+    assert corr >= 0.98, corr
+
+    # Calibration data would be silently unused: refused, nothing written.
+    with pytest.raises(ValueError, match="dynamic.*representative_data"):
+        to_tflite(model, tmp_path / "other.tflite", quantize="dynamic",
+                  input_size=(side, side), representative_data=images(4, side, seed=1))
+    assert sorted(os.listdir(tmp_path)) == [path.name]
+
+
 class StaticBatchFlatten(keras.layers.Layer):
     """Flattens with the *static* batch size, so it cannot trace with a dynamic batch."""
 

@@ -3,7 +3,7 @@
     visionzoo list [PATTERN]
     visionzoo info NAME
     visionzoo verify TARGET [--size H W] [--seed N]
-    visionzoo export NAME --format tflite [--quantize fp16|int8] [--input-size H W]
+    visionzoo export NAME --format tflite [--quantize fp16|dynamic|int8] [--input-size H W]
                      [--batch-size N]
     visionzoo demo [--epochs N] [--out DIR]
     visionzoo train NAME --data tfds:NAME|FOLDER|FILE.npz [--epochs N] [--batch-size B]
@@ -200,7 +200,7 @@ def build_parser():
     s = sub.add_parser("export", help="export a model to TFLite (builtin ops only)")
     s.add_argument("name")
     s.add_argument("--format", default="tflite", choices=["tflite"])
-    s.add_argument("--quantize", default=None, choices=["fp16", "int8"])
+    s.add_argument("--quantize", default=None, choices=["fp16", "dynamic", "int8"])
     s.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None)
     s.add_argument("--batch-size", type=int, default=None,
                    help="fixed batch (e.g. 1: fewer ops, faster on device); default dynamic")
