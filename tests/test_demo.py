@@ -1,5 +1,5 @@
-"""The digits demo pipeline, shortened: train a few epochs, export fp32 and int8
-TFLite, run both, check that the figures hang together.
+"""The digits demo pipeline, shortened: train a few epochs, export fp32, dynamic-range
+and int8 TFLite, run them, check that the figures hang together.
 
 The full-length run (``visionzoo demo``, >= 95 % test accuracy) takes minutes and is
 not part of the test suite.
@@ -44,8 +44,8 @@ def quick_run(tmp_path_factory):
 
 def test_outputs_written(quick_run):
     out, results = quick_run
-    for name in ("digits_metaformer.keras", "digits_fp32.tflite", "digits_int8.tflite",
-                 "results.json"):
+    for name in ("digits_metaformer.keras", "digits_fp32.tflite", "digits_dynamic.tflite",
+                 "digits_int8.tflite", "results.json"):
         assert (out / name).is_file(), name
     if results["picture"] is not None:
         assert (out / "predictions.png").stat().st_size > 0
@@ -63,15 +63,18 @@ def test_figures_consistent(quick_run):
     assert results["model"]["params"] > 0
     tflite = results["tflite"]
     assert "error" not in tflite, tflite.get("error")
-    for mode in ("fp32", "int8"):
+    for mode in ("fp32", "dynamic", "int8"):
         entry = tflite[mode]
         assert entry["size_bytes"] == os.path.getsize(entry["path"])
         assert abs(entry["test_accuracy"] - keras_acc) <= 0.01 + 1e-9, (mode, entry,
                                                                        keras_acc)
         assert entry["latency_ms"]["1_thread"] > 0
     assert tflite["fp32"]["agreement_with_keras"] >= 0.99
-    assert tflite["int8"]["size_bytes"] < 0.5 * tflite["fp32"]["size_bytes"]
-    assert all(results["checks"][k] for k in ("export", "fp32_within_1pt", "int8_within_1pt"))
+    for mode in ("dynamic", "int8"):
+        assert tflite[mode]["size_bytes"] < 0.5 * tflite["fp32"]["size_bytes"], mode
+    assert tflite["dynamic"]["int8_weight_ops"] > 0
+    assert all(results["checks"][k] for k in ("export", "fp32_within_1pt",
+                                              "dynamic_within_1pt", "int8_within_1pt"))
 
 
 def test_tflite_predict_quantised_io(tmp_path):

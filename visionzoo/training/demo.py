@@ -1,5 +1,5 @@
 """``visionzoo demo``: train a small MetaFormer on handwritten digits, export it to
-TFLite (float32 and int8) and run both files.
+TFLite (float32, dynamic-range int8 and int8) and run the files.
 
     from visionzoo.training.demo import demo
     results = demo(out="visionzoo_demo")      # about a few minutes on 2 CPU cores
@@ -28,13 +28,15 @@ The steps:
 3. **Training.** AdamW (weight decay 0.05, batch 32) with linear warm-up and cosine decay,
    sparse categorical cross-entropy on logits, accuracy; Keras ``fit`` with the
    progress bar and validation on the held-out slice of the training data.
-4. **Export.** :func:`visionzoo.export.to_tflite` writes a float32 file and an int8
-   file (post-training quantisation calibrated on 256 training images).
-5. **TFLite evaluation.** Both files run in ``ai_edge_litert`` on the test split:
+4. **Export.** :func:`visionzoo.export.to_tflite` writes a float32 file, a
+   dynamic-range file (int8 weights, float32 activations quantised at run time; no
+   calibration) and an int8 file (post-training quantisation calibrated on 256
+   training images).
+5. **TFLite evaluation.** The files run in ``ai_edge_litert`` on the test split:
    accuracy, agreement with the Keras predictions, median single-image latency with
    1 and 2 threads, file size.
 6. **Outputs** in ``out``: ``digits_metaformer.keras``, ``digits_fp32.tflite``,
-   ``digits_int8.tflite``, ``predictions.png`` (test digits labelled by the int8
+   ``digits_dynamic.tflite``, ``digits_int8.tflite``, ``predictions.png`` (test digits labelled by the int8
    model; needs Pillow, skipped without it) and ``results.json`` with every figure.
 """
 
@@ -58,6 +60,7 @@ LEARNING_RATE = 2e-3
 WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.1
 TEST_FRACTION = 0.2
+TFLITE_MODES = ("fp32", "dynamic", "int8")  # file names digits_<mode>.tflite
 VAL_FRACTION = 0.1  # of the training part
 SHIFT_PIXELS = 3
 QUICK_SHIFT_PIXELS = 1  # milder augmentation converges in fewer epochs
@@ -353,7 +356,8 @@ def demo(epochs=None, out="visionzoo_demo", seed=0, verbose=1, quick=False):
 
     Returns:
         dict of the measured figures (also written to ``out/results.json``):
-        ``keras.test_accuracy``, ``tflite.fp32`` / ``tflite.int8`` with ``path``,
+        ``keras.test_accuracy``, ``tflite.fp32`` / ``tflite.dynamic`` / ``tflite.int8``
+        with ``path``,
         ``size_bytes``, ``test_accuracy``, ``agreement_with_keras``,
         ``latency_ms`` (per thread count), ``export_seconds``, ``max_abs_diff``;
         ``checks`` (accuracy target, TFLite within 1 point) and ``wall_seconds``.
@@ -416,7 +420,7 @@ def demo(epochs=None, out="visionzoo_demo", seed=0, verbose=1, quick=False):
     say(f"      Keras test accuracy: {100 * keras_acc:.2f}% "
         f"({int(np.sum(keras_pred == y_test))}/{len(y_test)}), fit {fit_seconds:.0f}s")
 
-    say(f"[3/{steps}] Export to TFLite (fp32, int8 calibrated on "
+    say(f"[3/{steps}] Export to TFLite (fp32, dynamic-range int8, int8 calibrated on "
         f"{CALIBRATION_SAMPLES} training images)")
     tflite = {}
     results["tflite"] = tflite
@@ -424,7 +428,8 @@ def demo(epochs=None, out="visionzoo_demo", seed=0, verbose=1, quick=False):
     try:
         from visionzoo.export import to_tflite
 
-        for mode, quantize in (("fp32", None), ("int8", "int8")):
+        for mode in TFLITE_MODES:
+            quantize = None if mode == "fp32" else mode
             t = time.time()
             path = os.path.join(out, f"digits_{mode}.tflite")
             with contextlib.ExitStack() as stack:
@@ -432,12 +437,15 @@ def demo(epochs=None, out="visionzoo_demo", seed=0, verbose=1, quick=False):
                     stack.enter_context(contextlib.redirect_stdout(
                         stack.enter_context(open(os.devnull, "w"))))
                 report = to_tflite(model, path, quantize=quantize,
-                                   representative_data=calibration if quantize else None,
+                                   representative_data=(calibration if quantize == "int8"
+                                                        else None),
                                    input_size=(IMAGE_SIZE, IMAGE_SIZE))
             tflite[mode] = {"path": report.path, "size_bytes": int(report.size_bytes),
                             "export_seconds": time.time() - t,
                             "max_abs_diff": report.max_abs_diff,
-                            "int8_ops": report.int8_ops, "num_ops": report.num_ops}
+                            "int8_ops": report.int8_ops,
+                            "int8_weight_ops": report.int8_weight_ops,
+                            "num_ops": report.num_ops}
     except Exception as e:  # noqa: BLE001 - reported, and results are still written
         tflite["error"] = f"{type(e).__name__}: {e}"
         say(f"      export failed: {tflite['error']}", file=sys.stderr)
@@ -445,7 +453,7 @@ def demo(epochs=None, out="visionzoo_demo", seed=0, verbose=1, quick=False):
     say(f"[4/{steps}] Run the TFLite files (ai-edge-litert) on the test split")
     thread_counts = (1,) if quick else (1, 2)
     runs = 20 if quick else 200
-    for mode in ("fp32", "int8"):
+    for mode in TFLITE_MODES:
         if mode not in tflite:
             continue
         entry = tflite[mode]
@@ -473,12 +481,12 @@ def demo(epochs=None, out="visionzoo_demo", seed=0, verbose=1, quick=False):
     results["picture"] = picture
     if picture is None:
         say("      Pillow is not installed: predictions.png skipped")
-    for mode in ("fp32", "int8"):
+    for mode in TFLITE_MODES:
         if mode in tflite:
             del tflite[mode]["predictions"]
 
     checks = {"keras_accuracy_target": keras_acc >= ACCURACY_TARGET}
-    for mode in ("fp32", "int8"):
+    for mode in TFLITE_MODES:
         if mode in tflite:
             checks[f"{mode}_within_1pt"] = bool(
                 abs(tflite[mode]["test_accuracy"] - keras_acc) <= TFLITE_TOLERANCE + 1e-9)
@@ -488,7 +496,7 @@ def demo(epochs=None, out="visionzoo_demo", seed=0, verbose=1, quick=False):
     results_path = os.path.join(out, "results.json")
     with open(results_path, "w") as f:
         json.dump(results, f, indent=2)
-    for path in (model_path, *(tflite[m]["path"] for m in ("fp32", "int8") if m in tflite),
+    for path in (model_path, *(tflite[m]["path"] for m in TFLITE_MODES if m in tflite),
                  picture, results_path):
         if path:
             say(f"      {path}")
@@ -500,11 +508,11 @@ def _print_summary(results, say):
     keras_acc = results["keras"]["test_accuracy"]
     say(f"\nSummary ({results['backend']}, {results['epochs']} epochs, "
         f"{results['model']['params']:,} params, {results['wall_seconds']:.0f}s wall):")
-    say(f"  Keras        test accuracy {100 * keras_acc:6.2f}%")
-    for mode in ("fp32", "int8"):
+    say(f"  Keras          test accuracy {100 * keras_acc:6.2f}%")
+    for mode in TFLITE_MODES:
         entry = results["tflite"].get(mode)
         if entry:
-            say(f"  TFLite {mode}  test accuracy {100 * entry['test_accuracy']:6.2f}%  "
+            say(f"  TFLite {mode:7s} test accuracy {100 * entry['test_accuracy']:6.2f}%  "
                 f"{entry['size_bytes'] / 1024:7.0f} KiB  "
                 f"{entry['latency_ms']['1_thread']:.3f} ms/image (1 thread)")
     if "error" in results["tflite"]:
@@ -513,14 +521,14 @@ def _print_summary(results, say):
     if not checks["keras_accuracy_target"]:
         say(f"  note: below the {100 * ACCURACY_TARGET:.0f}% target; train longer "
             f"(--epochs, default {DEFAULT_EPOCHS})")
-    for mode in ("fp32", "int8"):
+    for mode in TFLITE_MODES:
         if checks.get(f"{mode}_within_1pt") is False:
             say(f"  WARNING: TFLite {mode} accuracy is more than 1 point from Keras'")
 
 
 def run_demo(args):
     """``visionzoo demo`` entry point: ``args`` has ``epochs`` (None: default),
-    ``out`` and ``seed``. Returns 0 when the export worked and both TFLite files are
+    ``out`` and ``seed``. Returns 0 when the export worked and every TFLite file is
     within 1 accuracy point of the Keras model, else 1."""
     results = demo(epochs=getattr(args, "epochs", None),
                    out=getattr(args, "out", None) or "visionzoo_demo",
