@@ -515,3 +515,43 @@ def test_multi_input_export(tmp_path):
     got = Interpreter(model_path=str(path)).get_signature_runner()(image=img, index=idx)
     ref = keras.ops.convert_to_numpy(model({"image": img, "index": idx}))
     assert np.max(np.abs(got["output_0"] - ref)) <= 1e-3 * np.max(np.abs(ref))
+
+
+@pytest.mark.skipif(not IN_PROCESS, reason="one more conversion; the dynamic mode's "
+                    "hand-off is covered by test_dynamic_export_int8_weights_float_activations")
+def test_dynamic_export_two_inputs_table_and_depthwise(tmp_path):
+    """Dynamic-range file of a model with an embedding table, a depthwise conv and a
+    dense layer, each large enough (>= 1024 weights) for the converter to quantise: it
+    loads, keeps its signature, follows Keras, and only the dense/conv products keep
+    int8 weights."""
+    keras.utils.set_random_seed(0)
+    img = keras.Input((None, None, 3), name="image")
+    idx = keras.Input((), dtype="int32", name="index")
+    x = keras.layers.Conv2D(64, 3, name="conv")(img)
+    x = keras.layers.DepthwiseConv2D(7, padding="same", name="dw")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(64, name="fc")(x)
+    e = keras.layers.Embedding(300, 64, name="table")(idx)
+    model = keras.Model({"index": idx, "image": img}, keras.layers.Add(name="add")([x, e]))
+    path = tmp_path / "two_dynamic.tflite"
+    report = to_tflite(model, path, quantize="dynamic", input_size=(16, 16))
+    assert report.inputs == [("image", (None, 16, 16, 3), "float32"),
+                             ("index", (None,), "int32")]
+    assert_builtin_only(report, path)
+    assert report.int8_weight_ops >= 2, report.summary()  # conv and fc (and DEQUANTIZE)
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=str(path), experimental_op_resolver_type=(
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    it.allocate_tensors()
+    dtypes = {t["index"]: t["dtype"] for t in it.get_tensor_details()}
+    int8_in = sorted(d["op_name"] for d in it._get_ops_details()
+                     if any(dtypes.get(i) == np.int8 for i in d["inputs"]))
+    # The table stays int8 through GATHER (int8 rows out) and DEQUANTIZE: not hybrid ops,
+    # so left alone; the depthwise conv got float32 weights back.
+    assert int8_in == ["CONV_2D", "DEQUANTIZE", "FULLY_CONNECTED", "GATHER"], int8_in
+
+    img_x, idx_x = images(3, 16, seed=5), np.array([299, 0, 17], "int32")
+    got = Interpreter(model_path=str(path)).get_signature_runner()(image=img_x, index=idx_x)
+    ref = keras.ops.convert_to_numpy(model({"image": img_x, "index": idx_x}))
+    assert np.max(np.abs(got["output_0"] - ref)) <= 0.05 * np.max(np.abs(ref))

@@ -847,6 +847,7 @@ def _float_weights_outside_products(data):
     float32 (the int8 values times their scales) in a dynamic-range file.
 
     The converter's dynamic-range pass also gives depthwise convolutions int8 weights.
+    Only such hybrid ops (an int8 constant input, float32 outputs) are rewritten.
     XNNPACK has no dynamically quantised depthwise kernel, so each one runs in TFLite's
     hybrid kernel and cuts the delegated graph: convformer_s18's file ran as 19 XNNPACK
     partitions in 48 ms (1 thread); with float depthwise weights it is one partition
@@ -858,7 +859,9 @@ def _float_weights_outside_products(data):
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
     names = _builtin_names()
-    keep = {code for code, name in names.items() if name in DYNAMIC_INT8_OPS}
+    # DEQUANTIZE turns an int8 constant into float32 itself and must keep its int8 input.
+    keep = {code for code, name in names.items()
+            if name in DYNAMIC_INT8_OPS + ("DEQUANTIZE", "QUANTIZE")}
     users = {}
     for sg in model.subgraphs or []:
         for t in sg.tensors or []:
@@ -870,6 +873,10 @@ def _float_weights_outside_products(data):
             code = model.operatorCodes[op.opcodeIndex]
             if max(code.builtinCode, code.deprecatedBuiltinCode) in keep:
                 continue
+            outputs = [sg.tensors[i] for i in (op.outputs if op.outputs is not None else [])
+                       if i >= 0]
+            if not outputs or any(t.type != schema.TensorType.FLOAT32 for t in outputs):
+                continue  # only hybrid ops (int8 weights, float32 results) are rewritten
             for index in op.inputs if op.inputs is not None else []:
                 if index < 0 or index in done:
                     continue
