@@ -449,8 +449,22 @@ def test_cli_int8_warns_and_writes(tmp_path, capsys):
                  "--num-classes", "10", "--quantize", "int8", "--out", str(out_path)]) == 0
     captured = capsys.readouterr()
     assert "random images" in captured.err and "real" in captured.err
+    assert "--quantize dynamic" in captured.err  # the no-calibration alternative
     assert out_path.is_file()
     assert "int8 ops:" in captured.out
+
+
+@pytest.mark.skipif(not IN_PROCESS, reason="one more conversion; covered on tensorflow")
+def test_cli_dynamic_needs_no_calibration(tmp_path, capsys):
+    from visionzoo.cli import main
+
+    out_path = tmp_path / "d.tflite"
+    assert main(["export", "poolformerv2_s12", "--input-size", "64", "64",
+                 "--num-classes", "10", "--quantize", "dynamic", "--out", str(out_path)]) == 0
+    captured = capsys.readouterr()
+    assert "calibrat" not in captured.err
+    assert out_path.is_file()
+    assert "dynamic" in captured.out and "ops with int8 weights:" in captured.out
 
 
 # --------------------------------------------------------------------------------------

@@ -295,7 +295,9 @@ def export_cli(args):
               f"{'images' if images else 'inputs'}. The file works but its accuracy is not "
               "representative; for a usable int8 model call visionzoo.export.to_tflite("
               "model, path, quantize='int8', representative_data=<a few hundred "
-              "preprocessed real samples>).", file=sys.stderr)
+              "preprocessed real samples>), or export with --quantize dynamic (int8 "
+              "weights, float activations: no calibration, and faster on XNNPACK).",
+              file=sys.stderr)
         if images:
             representative = _random_images(CLI_CALIBRATION_SAMPLES, h, w, variant.mean,
                                             variant.std)
