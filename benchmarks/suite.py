@@ -35,8 +35,8 @@ another so that nothing competes for the cores, a child process per stage:
 5. ``litert``: timm's model converted with ``litert_torch.convert`` (litert-torch) and
    timed the same way, when litert-torch imports; otherwise rows say "unavailable" and
    why. That file is also quantised by ai-edge-quantizer's ``dynamic_wi8_afp32`` recipe
-   and timed (mode ``dynamic``), the counterpart of our dynamic files. timm's zero-initialised tensors are re-drawn first (the converter folds
-   constant weights, which would delete whole residual branches). litert-torch 0.10
+   and timed (mode ``dynamic``), the counterpart of our dynamic files. timm's
+   zero-initialised tensors are re-drawn first (the converter folds constant weights, which would delete whole residual branches). litert-torch 0.10
    would downgrade typing_extensions/anyio in the main environment, so it may be kept
    apart: ``pip install --target DIR --no-deps litert-torch litert-converter
    ai-edge-quantizer torchao jaxtyping wadler_lindig immutabledict multipledispatch
@@ -519,13 +519,20 @@ def stage_litert(args, out):
                                 f"{redrawn} zero/norm tensors re-drawn before conversion")
             except Exception as e:  # noqa: BLE001
                 row.update(note=f"conversion failed: {e!r}"[:300])
-            _append_jsonl(out, row)
-            if row["value"] is None:
-                _append_jsonl(out, failed_row(row["note"], measurement="tflite_latency",
-                                              mode="fp32", unit="ms", **common))
-                continue
-            _latency_rows(out, path, args, common, "fp32")
-            _litert_dynamic(out, path, args, common)
+            if _size_then_latency(out, row, path, args, common):
+                _litert_dynamic(out, path, args, common)
+
+
+def _size_then_latency(out, row, path, args, common):
+    """Append the size ``row``; then the file's latency rows, or, if it has no size (the
+    file was not made), one failed latency row with its reason. True if timed."""
+    _append_jsonl(out, row)
+    if row["value"] is None:
+        _append_jsonl(out, failed_row(row["note"], measurement="tflite_latency",
+                                      mode=row["mode"], unit="ms", **common))
+        return False
+    _latency_rows(out, path, args, common, row["mode"])
+    return True
 
 
 def _litert_dynamic(out, path, args, common):
@@ -544,12 +551,7 @@ def _litert_dynamic(out, path, args, common):
                    note="ai-edge-quantizer recipe dynamic_wi8_afp32 on the fp32 file")
     except Exception as e:  # noqa: BLE001
         row.update(note=f"quantisation failed: {e!r}"[:300])
-    _append_jsonl(out, row)
-    if row["value"] is None:
-        _append_jsonl(out, failed_row(row["note"], measurement="tflite_latency",
-                                      mode="dynamic", unit="ms", **common))
-        return
-    _latency_rows(out, dyn, args, common, "dynamic")
+    _size_then_latency(out, row, dyn, args, common)
 
 
 STAGES = {"sgemm": stage_sgemm, "gemm": stage_gemm, "info": stage_info, "ours": stage_ours,

@@ -294,3 +294,28 @@ def test_suite_csv_writer_and_sgemm(tmp_path, suite_modules):
     back = suite.read_csv(path)
     assert len(back) == 4 and list(back[0]) == list(suite.FIELDS)
     assert float(back[0]["value"]) == row["value"] and back[2]["model"] is None
+
+
+def test_suite_size_then_latency(tmp_path, suite_modules, monkeypatch):
+    """A TFLite file's size row is followed by its latency rows, or, when the file was
+    not made, by one failed latency row carrying the reason (mode kept)."""
+    import json
+
+    suite, _ = suite_modules
+    timed = []
+    monkeypatch.setattr(suite, "_latency_rows",
+                        lambda out, path, args, common, mode: timed.append((path, mode)))
+    out = tmp_path / "rows.jsonl"
+    common = dict(model="m", timm_model="m", impl="litert-torch", size=224, batch=1)
+    ok = suite.make_row(measurement="tflite_size", mode="dynamic", unit="bytes",
+                        value=123, **common)
+    assert suite._size_then_latency(str(out), ok, "m.tflite", None, common) is True
+    bad = suite.make_row(measurement="tflite_size", mode="dynamic", unit="bytes",
+                         note="quantisation failed: boom", **common)
+    assert suite._size_then_latency(str(out), bad, "x.tflite", None, common) is False
+    assert timed == [("m.tflite", "dynamic")]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["measurement"], r["mode"], r["value"]) for r in rows] == [
+        ("tflite_size", "dynamic", 123), ("tflite_size", "dynamic", None),
+        ("tflite_latency", "dynamic", None)]
+    assert "boom" in rows[2]["note"] and rows[2]["unit"] == "ms"

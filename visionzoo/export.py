@@ -115,8 +115,9 @@ class ExportReport:
         op_names: list of str. Sorted set of the file's (builtin) operator names.
         int8_ops: int or None. For int8 exports, how many op instances run on int8
             tensors (the rest fall back to float32).
-        int8_weight_ops: int or None. For dynamic exports, how many op instances take
-            int8 weights with float32 activations.
+        int8_weight_ops: int or None. For dynamic exports, how many op instances read
+            an int8 weight and give float32 results: the FULLY_CONNECTED/CONV_2D
+            products, plus a DEQUANTIZE per int8-stored table (e.g. an embedding).
         num_ops: int. Op instances in the main subgraph.
         inputs: list of ``(name, shape_signature, dtype)``, one per input in the Keras
             model's input order: the signature runner's keyword arguments.
@@ -222,7 +223,8 @@ def to_tflite(model, path, *, quantize=None, representative_data=None, input_siz
 
     Raises:
         ValueError: bad arguments (unknown ``quantize``, no ``representative_data`` for
-            int8 or any for "dynamic", dynamic sizes without ``input_size``, wrongly shaped or typed data).
+            int8 or any for "dynamic", dynamic sizes without ``input_size``, wrongly
+            shaped or typed data).
         ExportError: conversion failed (e.g. the graph needs a non-builtin op), the file
             contains non-builtin ops, or fp32 parity was missed.
     """
@@ -849,12 +851,14 @@ def _float_weights_outside_products(data):
     float32 (the int8 values times their scales) in a dynamic-range file.
 
     The converter's dynamic-range pass also gives depthwise convolutions int8 weights.
-    Only such hybrid ops (an int8 constant input, float32 outputs) are rewritten.
     XNNPACK has no dynamically quantised depthwise kernel, so each one runs in TFLite's
     hybrid kernel and cuts the delegated graph: convformer_s18's file ran as 19 XNNPACK
     partitions in 48 ms (1 thread); with float depthwise weights it is one partition
     and 25 ms. The weights keep their int8 rounding; only the activations of those ops
-    stay unquantised. ``data``: the converter's flatbuffer; returns the rewritten one.
+    stay unquantised. Only hybrid ops (an int8 constant input, float32 outputs) are
+    rewritten: an int8-stored table read by GATHER (int8 rows out) and expanded by
+    DEQUANTIZE stays as it is. ``data``: the converter's flatbuffer; returns the
+    rewritten one.
     """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema

@@ -36,8 +36,8 @@ The steps:
    accuracy, agreement with the Keras predictions, median single-image latency with
    1 and 2 threads, file size.
 6. **Outputs** in ``out``: ``digits_metaformer.keras``, ``digits_fp32.tflite``,
-   ``digits_dynamic.tflite``, ``digits_int8.tflite``, ``predictions.png`` (test digits labelled by the int8
-   model; needs Pillow, skipped without it) and ``results.json`` with every figure.
+   ``digits_dynamic.tflite``, ``digits_int8.tflite``, ``predictions.png`` (test digits
+   labelled by the int8 model; needs Pillow, skipped without it) and ``results.json`` with every figure.
 """
 
 import contextlib
