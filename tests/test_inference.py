@@ -1,6 +1,6 @@
-"""visionzoo.inference: the JAX predict_on_batch path gives Keras' outputs, sees weight
-changes, and stands aside wherever it cannot be sure to (other backends, distribution,
-run_eagerly, an overridden predict_step)."""
+"""visionzoo.inference: the JAX and torch predict_on_batch paths give Keras' outputs, see
+weight changes, and stand aside wherever they cannot be sure to (TensorFlow,
+distribution, run_eagerly, an overridden predict_step, code torch.export cannot trace)."""
 
 import keras
 import numpy as np
@@ -10,6 +10,7 @@ import visionzoo
 from visionzoo import inference
 
 JAX = keras.backend.backend() == "jax"
+TORCH = keras.backend.backend() == "torch"
 
 
 def _keras(model, x):
@@ -33,9 +34,10 @@ def test_same_outputs_as_keras(model):
     ours = model.predict_on_batch(x)
     assert isinstance(ours, np.ndarray) and ours.flags.writeable and ours.shape == (2, 7)
     np.testing.assert_array_equal(ours, _keras(model, x))
+    # torch: the first call with a signature is Keras' own, the second captures.
     fast = inference.predict_on_batch(model, x)
-    assert (fast is not None) == JAX
-    if JAX:
+    assert (fast is not None) == (JAX or TORCH)
+    if JAX or TORCH:
         np.testing.assert_array_equal(fast, ours)
     # Another batch size: a new trace, same agreement.
     x3 = x[:1]
@@ -66,7 +68,11 @@ def test_multi_input_model():
     from visionzoo.export import example_inputs
 
     xs = example_inputs(dit, 2, 0, input_size=(8, 8))
-    np.testing.assert_array_equal(dit.predict_on_batch(xs), _keras(dit, xs))
+    ref = _keras(dit, xs)
+    np.testing.assert_array_equal(dit.predict_on_batch(xs), ref)
+    np.testing.assert_array_equal(dit.predict_on_batch(xs), ref)  # torch: captured
+    if TORCH:
+        assert len(inference.torch_captured(dit)) == 1
 
 
 def test_stands_aside(model):
@@ -226,3 +232,111 @@ def test_predict_autotune_tunes_once_and_reuses_for_the_last_batch(monkeypatch):
     # predict_on_batch with a new batch size is tuned on its own.
     model.predict_on_batch(x[:3])
     assert len(tried) == 2 * count
+
+
+@pytest.mark.skipif(not TORCH, reason="torch.export capture is the torch backend's path")
+def test_torch_capture_same_outputs_and_new_weights(monkeypatch):
+    """The first call with a signature runs Keras' path, the second captures the
+    forward pass with torch.export; captured outputs equal Keras' (float32 and float64
+    inputs, inside torch.inference_mode), weight changes are seen, Keras' own path still
+    works afterwards, and VISIONZOO_TORCH_CAPTURE=0 turns it off."""
+    import torch
+
+    model = visionzoo.create_model("shvit_s1", input_shape=(64, 64, 3), num_classes=7)
+    x = np.random.default_rng(5).standard_normal((2, 64, 64, 3)).astype("float32")
+    ref = _keras(model, x)
+    assert inference.predict_on_batch(model, x) is None  # first sight: Keras' path
+    assert inference.torch_captured(model) == []
+    out = inference.predict_on_batch(model, x)
+    assert out is not None and isinstance(out, np.ndarray) and out.shape == (2, 7)
+    np.testing.assert_array_equal(out, ref)
+    assert len(inference.torch_captured(model)) == 1
+    with torch.inference_mode():
+        np.testing.assert_array_equal(model.predict_on_batch(x), ref)
+    np.testing.assert_array_equal(_keras(model, x), ref)  # the model is intact
+    head = model.get_layer("head-l")
+    old = [w.copy() for w in head.get_weights()]
+    head.set_weights([w + 0.5 for w in old])
+    changed = model.predict_on_batch(x)
+    assert np.abs(changed - ref).max() > 1e-3
+    np.testing.assert_array_equal(changed, _keras(model, x))
+    head.set_weights(old)
+    x64 = x.astype("float64")
+    ref64 = _keras(model, x64)
+    for _ in range(2):
+        np.testing.assert_array_equal(model.predict_on_batch(x64), ref64)
+    assert len(inference.torch_captured(model)) == 2
+    monkeypatch.setenv(inference.TORCH_CAPTURE_ENV, "0")
+    assert inference.predict_on_batch(model, x) is None
+    np.testing.assert_array_equal(model.predict_on_batch(x), ref)
+
+
+@pytest.mark.skipif(not TORCH, reason="torch.export capture is the torch backend's path")
+def test_torch_capture_failure_falls_back_with_a_warning(monkeypatch):
+    import torch
+
+    model = visionzoo.create_model("shvit_s1", input_shape=(64, 64, 3), num_classes=7)
+    x = np.random.default_rng(6).standard_normal((1, 64, 64, 3)).astype("float32")
+    ref = _keras(model, x)
+    attempts = []
+
+    def fail(*args, **kwargs):
+        attempts.append(1)
+        raise RuntimeError("cannot trace this\nsecond line")
+
+    monkeypatch.setattr(torch.export, "export", fail)
+    model.predict_on_batch(x)
+    with pytest.warns(UserWarning, match="could not capture.*cannot trace this"):
+        np.testing.assert_array_equal(model.predict_on_batch(x), ref)
+    np.testing.assert_array_equal(model.predict_on_batch(x), ref)
+    assert len(attempts) == 1 and inference.torch_captured(model) == []
+
+
+def _tiny_backbone():
+    """A small conv/BatchNorm/GELU/pool/Dense ZooBackbone with non-trivial weights."""
+    from visionzoo.backbones.base import ZooBackbone
+
+    inputs = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    h = keras.layers.BatchNormalization(epsilon=1e-5)(h)
+    h = keras.layers.Activation("gelu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = ZooBackbone(inputs=inputs, outputs=keras.layers.Dense(5)(h))
+    rng = np.random.default_rng(8)
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.5 + 1
+                       if w.ndim == 1 else rng.standard_normal(w.shape).astype("float32")
+                       for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.skipif(not TORCH, reason="torch.export capture is the torch backend's path")
+def test_torch_capture_follows_training():
+    """fit() updates the parameters (and BatchNorm's moving statistics) in place: the
+    captured graph computes with the new values."""
+    model = _tiny_backbone()
+    x = np.random.default_rng(9).standard_normal((4, 16, 16, 3)).astype("float32")
+    before = _keras(model, x)
+    model.predict_on_batch(x)
+    np.testing.assert_array_equal(model.predict_on_batch(x), before)
+    assert len(inference.torch_captured(model)) == 1
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, np.array([0, 1, 2, 3]), epochs=2, batch_size=4, verbose=0)
+    after = model.predict_on_batch(x)
+    assert np.isfinite(after).all() and np.abs(after - before).max() > 1e-3
+    np.testing.assert_array_equal(after, _keras(model, x))
+
+
+@pytest.mark.skipif(not TORCH, reason="torch.export capture is the torch backend's path")
+def test_torch_jit_compile_captures_and_compiles_on_the_first_call():
+    """``jit_compile=True`` on torch: the captured graph compiled by torch.compile
+    (inductor) from the first call, outputs within float32 rounding of Keras'. (A small
+    conv/norm/GELU/attention-free backbone: inductor's compile time grows with the graph.)"""
+    model, rng = _tiny_backbone(), np.random.default_rng(7)
+    x = rng.standard_normal((2, 16, 16, 3)).astype("float32")
+    ref = _keras(model, x)
+    model.jit_compile = True
+    out = inference.predict_on_batch(model, x)
+    assert out is not None and len(inference.torch_captured(model)) == 1
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(model.predict_on_batch(x), out, rtol=0, atol=0)

@@ -1,4 +1,5 @@
-"""A leaner ``predict_on_batch`` and ``predict`` for visionzoo models on the JAX backend.
+"""A leaner ``predict_on_batch`` and ``predict`` for visionzoo models on the JAX and
+torch backends (the torch path: see "torch backend" further down this file).
 
 Keras' JAX ``predict_on_batch`` gathers every variable's value into a state, runs the
 jitted predict step with that state donated, and then assigns every value back to its
@@ -43,6 +44,7 @@ XLA's default (one compilation, results bit-equal to Keras' ``predict_on_batch``
 
 import os
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -72,6 +74,8 @@ def _applies(model):
 def predict_on_batch(model, x):
     """``model.predict_on_batch(x)`` (NumPy outputs) or ``None`` when Keras' own path
     must be used (see the module docstring)."""
+    if keras.backend.backend() == "torch":
+        return _torch_predict_on_batch(model, x)
     if not _applies(model):
         return None
     variables = model.variables
@@ -95,6 +99,8 @@ class fast_predict:
 
     def __enter__(self):
         model = self.model
+        if keras.backend.backend() == "torch":
+            return self._enter_torch()
         if not _applies(model):
             return self
         from keras.src.trainers.data_adapters import data_adapter_utils
@@ -110,6 +116,25 @@ class fast_predict:
         self.saved = model.predict_function
         model.predict_function = model._make_function(predict_step,
                                                       concatenate_outputs=True)
+        self.active = True
+        return self
+
+    def _enter_torch(self):
+        model = self.model
+        if not _torch_applies(model):
+            return self
+        from keras.src.trainers.data_adapters import data_adapter_utils
+
+        model.make_predict_function()
+        keras_step = model.predict_function
+
+        def predict_function(data):
+            x, _, _ = data_adapter_utils.unpack_x_y_sample_weight(data[0])
+            outputs = _torch_forward(model, x)
+            return keras_step(data) if outputs is None else outputs
+
+        self.saved = model.predict_function
+        model.predict_function = predict_function
         self.active = True
         return self
 
@@ -215,3 +240,151 @@ def chosen_options(model):
     XLA's default), for inspection; empty before the first fast JAX call."""
     cache = model.__dict__.get("_vz_fast_predict") or {}
     return {sig: opt for _, chosen in cache.values() for sig, (_, opt) in chosen.items()}
+
+
+# --- torch backend -------------------------------------------------------------------
+#
+# Keras' torch backend runs a model eagerly: every layer call goes through Keras' Python
+# machinery (argument conversion, dtype policies, name scopes, the functional graph walk)
+# before torch sees an op. For inference that overhead repeats unchanged on every call,
+# and for small models it is most of the time (shvit_s1 at batch 1: ~70 ms per call, of
+# which the torch ops take ~30).
+#
+# ``predict_on_batch`` therefore captures the forward pass once per input signature with
+# ``torch.export`` (non-strict: it runs the model's Python code once and records the
+# aten ops it issues) and runs the captured graph afterwards. The graph refers to the
+# model's own parameters, which Keras updates in place (``assign``, ``load_weights``,
+# ``set_weights``, optimizers), so weight changes are seen. Capturing takes a few
+# seconds, so the first call with a new signature goes through Keras' path and the
+# second captures; when capture fails (code torch.export cannot trace), that signature
+# keeps Keras' path and a warning says why. With ``jit_compile=True`` (set through
+# ``model.compile``; Keras' default on torch is False) the captured graph is also
+# compiled by ``torch.compile`` (inductor), which takes tens of seconds once but fuses
+# the elementwise work. Set ``VISIONZOO_TORCH_CAPTURE=0`` to always use Keras' path.
+
+TORCH_CAPTURE_ENV = "VISIONZOO_TORCH_CAPTURE"
+TORCH_CAPTURE_AFTER = 1  # calls on Keras' path per input signature before capturing
+_FAILED = "failed"
+_TORCH_CACHE = weakref.WeakKeyDictionary()  # model -> {key: calls seen | graph | _FAILED}
+
+
+def _torch_applies(model):
+    if os.environ.get(TORCH_CAPTURE_ENV, "1") == "0":
+        return False
+    if model.run_eagerly or not model.built:
+        return False
+    if keras.distribution.distribution() is not None:
+        return False
+    from keras.src.backend.torch.trainer import TorchTrainer
+
+    return type(model).predict_step is TorchTrainer.predict_step
+
+
+def _torch_inputs(x):
+    """``(signature, tensors)`` for ``x`` (a structure of arrays/tensors), or
+    ``(None, None)`` when a leaf is neither (Keras' path handles those)."""
+    import torch
+    from keras.src.backend.torch.core import get_device
+    from torch.utils import _pytree
+
+    leaves, spec = _pytree.tree_flatten(x)
+    tensors, parts = [], []
+    for leaf in leaves:
+        if isinstance(leaf, np.ndarray) and leaf.dtype.kind in "biuf":
+            leaf = torch.as_tensor(leaf, device=get_device())
+        elif not isinstance(leaf, torch.Tensor):
+            return None, None
+        tensors.append(leaf)
+        parts.append((tuple(leaf.shape), str(leaf.dtype), str(leaf.device)))
+    return (str(spec), tuple(parts)), _pytree.tree_unflatten(tensors, spec)
+
+
+class _Forward:
+    """The model's inference call as a ``torch.nn.Module`` (built lazily: torch is
+    imported only on the torch backend)."""
+
+    @staticmethod
+    def wrap(model):
+        import torch
+
+        class Forward(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, inputs):
+                if self.inner._call_has_training_arg:
+                    return self.inner(inputs, training=False)
+                return self.inner(inputs)
+
+        return Forward(model)
+
+
+def _torch_capture(model, inputs):
+    """The exported (and, with ``jit_compile``, compiled) forward pass for ``inputs``."""
+    import torch
+
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.export.export(_Forward.wrap(model), (inputs,), strict=False)
+    fn = program.module()
+    if model.jit_compile:
+        fn = torch.compile(fn)
+    return fn
+
+
+def _torch_predict_on_batch(model, x):
+    outputs = _torch_forward(model, x)
+    if outputs is None:
+        return None
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+
+
+def _torch_forward(model, x):
+    """The model's inference outputs on ``x`` (torch tensors) through the captured
+    graph for ``x``'s signature, or None when Keras' path must run this call."""
+    import warnings
+
+    import torch
+
+    if not _torch_applies(model):
+        return None
+    signature, inputs = _torch_inputs(x)
+    if signature is None:
+        return None
+    # Not in the model's __dict__: torch.export restores module attributes it saw
+    # before tracing, which would drop an entry added while it ran.
+    cache = _TORCH_CACHE.setdefault(model, {})
+    key = (tuple(map(id, model.variables)), bool(model.jit_compile), signature)
+    entry = cache.get(key, 0)
+    if entry == _FAILED:
+        return None
+    if isinstance(entry, int):
+        # With jit_compile the user asked for compilation: capture on the first call
+        # (Keras' own jit path would torch.compile the eager model, graph breaks and all).
+        if entry < TORCH_CAPTURE_AFTER and not model.jit_compile:
+            cache[key] = entry + 1
+            return None
+        try:
+            entry = _torch_capture(model, inputs)
+            with torch.no_grad():
+                outputs = entry(inputs)
+        except Exception as error:  # code torch.export cannot trace: Keras' path
+            cache[key] = _FAILED
+            message = (str(error).strip().splitlines() or [""])[0][:200]
+            warnings.warn(
+                f"{model.name}: torch.export could not capture the forward pass "
+                f"({type(error).__name__}: {message}); predict keeps Keras' eager "
+                "path for these inputs.", stacklevel=3)
+            return None
+        cache[key] = entry
+        return outputs
+    with torch.no_grad():
+        return entry(inputs)
+
+
+def torch_captured(model):
+    """Input signatures whose forward pass ``predict_on_batch`` runs as a captured
+    torch graph (for inspection; empty before the second call with a signature)."""
+    cache = _TORCH_CACHE.get(model) or {}
+    return [key[2] for key, entry in cache.items()
+            if not isinstance(entry, int) and entry != _FAILED]

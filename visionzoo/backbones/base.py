@@ -65,16 +65,19 @@ class ZooBackbone(keras.Model):
         return cls(**config)
 
     def predict_on_batch(self, x):
-        """As ``keras.Model.predict_on_batch``; on JAX without Keras' per-call write-back
-        of every variable (:mod:`visionzoo.inference`), with the same outputs."""
+        """As ``keras.Model.predict_on_batch``, with the same outputs
+        (:mod:`visionzoo.inference`): on JAX without Keras' per-call write-back of every
+        variable; on torch, from the second call with an input signature on, through a
+        ``torch.export`` capture of the forward pass (plus ``torch.compile`` with
+        ``jit_compile=True``) instead of Keras' eager layer calls."""
         from visionzoo.inference import predict_on_batch
 
         outputs = predict_on_batch(self, x)
         return super().predict_on_batch(x) if outputs is None else outputs
 
     def predict(self, x, *args, **kwargs):
-        """As ``keras.Model.predict``; on JAX each batch runs through the same cached,
-        autotuned function as :meth:`predict_on_batch` (:mod:`visionzoo.inference`)."""
+        """As ``keras.Model.predict``; on JAX and torch each batch runs through the same
+        cached function as :meth:`predict_on_batch` (:mod:`visionzoo.inference`)."""
         from visionzoo.inference import fast_predict
 
         with fast_predict(self):
