@@ -23,7 +23,10 @@ ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from suite import BACKENDS, read_csv  # noqa: E402  (stdlib only)
+from suite import BACKENDS, TORCH_COMPILE, read_csv  # noqa: E402  (stdlib only)
+
+# Our throughput columns: each Keras backend, then torch with jit_compile=True.
+OURS = BACKENDS + (TORCH_COMPILE,)
 
 DASH = "—"
 REGENERATE = ("LITERT_TORCH_PATH=<litert-torch dir> python benchmarks/suite.py && "
@@ -67,6 +70,9 @@ class Results:
                                if r["measurement"] == "tflite_latency" and r["threads"]})
 
     def row(self, model, measurement, impl, mode=None, batch=None, threads=None):
+        """The matching row of the latest run (e.g. torch's ``torch.export`` rows over
+        older ``eager`` ones when ``mode`` is not given); rows with a value first."""
+        found = None
         for key, r in self.cells.items():
             if key[:3] != (model, measurement, impl):
                 continue
@@ -76,8 +82,10 @@ class Results:
                 continue
             if threads is not None and (key[5] is None or int(key[5]) != threads):
                 continue
-            return r
-        return None
+            rank = (r["value"] is not None, r.get("run_id") or "")
+            if found is None or rank > found[0]:
+                found = (rank, r)
+        return None if found is None else found[1]
 
     def value(self, *args, **kwargs):
         r = self.row(*args, **kwargs)
@@ -95,7 +103,7 @@ class Results:
     def ours(self, model, batch):
         """``{backend: img/s}`` of our throughput rows with a value."""
         out = {}
-        for b in BACKENDS:
+        for b in OURS:
             v = self.value(model, "throughput", b, batch=batch)
             if v is not None:
                 out[b] = v
@@ -134,9 +142,20 @@ class Results:
         return max(values) if values else None
 
     def sgemm(self):
-        """``[(impl, GFLOP/s, note, load)]`` of every sgemm row with a value."""
-        return [(r["impl"], _num(r["value"]), r["note"], r["load1"]) for r in self.rows
-                if r["measurement"] == "sgemm" and r["value"] is not None]
+        """``[(impl, GFLOP/s, note, load, cpu)]`` of every sgemm row with a value."""
+        return [(r["impl"], _num(r["value"]), r["note"], r["load1"], r.get("cpu"))
+                for r in self.rows if r["measurement"] == "sgemm" and r["value"] is not None]
+
+    def machines(self):
+        """``{(cpu, cores): sorted measurements shown in the tables from that machine}``
+        (over the latest rows with a value; registry facts left out)."""
+        out = {}
+        for r in self.cells.values():
+            if r["value"] is None or r["impl"] == "registry":
+                continue
+            out.setdefault((r.get("cpu") or "n/a", r.get("cores") or "n/a"),
+                           set()).add(r["measurement"])
+        return {k: sorted(v) for k, v in out.items()}
 
     def needed(self, model, batch):
         """What the timm target asks of ``model`` at ``batch``: ``(img/s, fraction of the
@@ -169,6 +188,18 @@ def _table(header, body, align):
     return lines
 
 
+def _machines(res, r0):
+    """The machine line: one machine, or each machine with what the tables take from it
+    (runs on different machines are never compared within a ratio by the suite: each
+    ratio's two sides come from one run or from runs on one machine)."""
+    machines = res.machines()
+    if len(machines) <= 1:
+        return f"**Machine:** {r0.get('cpu') or 'n/a'}, {r0.get('cores') or 'n/a'} CPUs; "
+    return ("**Machines:** " + "; ".join(
+        f"{cpu}, {cores} CPUs ({', '.join(what)})" for (cpu, cores), what in
+        machines.items()) + ". Compare figures only within one machine; ")
+
+
 def _header(res, sources):
     r0 = res.rows[0]
     loads = [float(r["load1"]) for r in res.rows if r.get("load1")]
@@ -189,18 +220,21 @@ def _header(res, sources):
         f"(benchmark run{'s' if len(runs) > 1 else ''} {', '.join(runs) or 'n/a'}). "
         f"Regenerate with `{REGENERATE}` (or only the last step, from the committed CSV).",
         "",
-        f"**Machine:** {r0.get('cpu') or 'n/a'}, {r0.get('cores') or 'n/a'} CPUs; "
+        _machines(res, r0)
         + (f"1-minute load average during the run {min(loads):.2f}–{max(loads):.2f} "
            "(the benchmark's own threads included)" if loads else "load not recorded")
         + ". **Versions:** " + versions + ".",
         "",
         "**Machine sgemm** (fp32 N×N matmul, measured in the same run): "
-        + ("; ".join(f"{impl} {v:.1f} GFLOP/s ({note or ''}, load {load})"
-                     for impl, v, note, load in sg) if sg else DASH) + ".",
+        + ("; ".join(f"{impl} {v:.1f} GFLOP/s ({note or ''}, load {load}"
+                     + (f", {cpu}" if len(res.machines()) > 1 else "") + ")"
+                     for impl, v, note, load, cpu in sg) if sg else DASH) + ".",
         "",
         "All numbers: fp32, random weights, CPU, each model at its default input size; "
         "median of the timed calls after warm-up. Ours = `predict_on_batch` (JAX: XLA "
-        "jit; TensorFlow: tf.function; torch: eager). timm in its own process, eager and "
+        "jit; TensorFlow: tf.function; torch: the forward pass captured by `torch.export` "
+        "(runs before 2026-11-24l: eager); torch-compile: torch with `jit_compile=True`, "
+        "the captured graph under `torch.compile`). timm in its own process, eager and "
         "`torch.compile` (inductor). GFLOPs = 2 × GMACs. "
         + (f"**The machine was shared (load up to {max(loads):.1f} on "
            f"{r0.get('cores')} CPUs): numbers are noisy.** "
@@ -234,13 +268,13 @@ def _throughput_table(res, batch):
         gflops = _num(best_row["gflops_achieved"]) if best_row else None
         sgemm = res.best_sgemm(best_row.get("run_id")) if best_row else None
         frac = gflops / sgemm if gflops and sgemm else None
-        body.append([m] + [_fmt(ours.get(b)) for b in BACKENDS]
+        body.append([m] + [_fmt(ours.get(b)) for b in OURS]
                     + [_fmt(eager), _fmt(res.timm(m, batch, "torch.compile")),
                        _fmt(ratio_eager, 2, "×"),
                        _fmt(ratio, 2, "×") + ("" if ratio is None or ratio >= TIMM_TARGET
                                               else " ✗"),
                        _fmt(gflops), DASH if frac is None else f"{100 * frac:.0f} %"])
-    header = (["model"] + [f"{b}" for b in BACKENDS]
+    header = (["model"] + [f"{b}" for b in OURS]
               + ["timm eager", "timm compile", "best / timm eager",
                  f"best / best timm (target ≥ {TIMM_TARGET}×)", "best GFLOP/s",
                  "% of sgemm"])

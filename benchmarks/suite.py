@@ -20,7 +20,9 @@ another so that nothing competes for the cores, a child process per stage:
    path can get ahead of timm.
 2. ``ours`` once per Keras backend (``KERAS_BACKEND`` is fixed per process): each model
    and batch timed by :func:`visionzoo.bench.time_keras` (``predict_on_batch``: XLA jit
-   on JAX, ``tf.function`` on TensorFlow, eager on torch), fp32, random weights. The
+   on JAX, ``tf.function`` on TensorFlow, the ``torch.export``-captured graph on torch),
+   fp32, random weights; on torch also with ``jit_compile=True`` (the captured graph
+   under ``torch.compile``; timm's models only, ``--no-torch-compile`` skips it). The
    first backend's child also records the registry facts (params, GMACs, published
    top-1) so the table generator needs nothing but the CSV.
 3. ``timm``: the same architecture in timm, eager and ``torch.compile`` (inductor,
@@ -55,10 +57,12 @@ CSV columns (:data:`FIELDS`), one row per model x measurement:
   (bytes), ``sgemm`` and ``gemm`` (GFLOP/s, no model; ``gemm``'s ``mode`` is
   ``MxKxN``), ``params`` (count), ``gmacs`` (GMAC at
   ``size``), ``top1_published`` (%);
-- ``impl``: ``jax``/``tensorflow``/``torch`` (ours), ``timm``, ``visionzoo`` or
+- ``impl``: ``jax``/``tensorflow``/``torch`` (ours), ``torch-compile`` (ours on torch
+  with ``jit_compile=True``), ``timm``, ``visionzoo`` or
   ``litert-torch`` (TFLite files), ``numpy``/``torch`` (sgemm), ``jax``/``torch``
   (gemm), ``registry``;
-- ``mode``: how it ran (``jit``, ``tf.function``, ``eager``, ``torch.compile``,
+- ``mode``: how it ran (``jit``, ``tf.function``, ``torch.export`` (earlier runs:
+  ``eager``), ``torch.export+torch.compile``, ``eager``/``torch.compile`` (timm),
   ``fp32``/``fp16``/``dynamic``/``int8`` for TFLite files);
 - ``gflops_achieved`` = 2 x GMACs x img/s and ``sgemm_fraction`` = that / the best
   sgemm rate measured in the run, start or end (throughput rows with known GMACs).
@@ -100,7 +104,10 @@ MODELS = ("poolformerv2_s12", "convformer_s18", "caformer_s18",
           "convit_tiny", "hornet_tiny_7x7", "litv2_s", "inception_transformer_small",
           "svt_h_small")
 BACKENDS = ("jax", "tensorflow", "torch")
-OUR_MODES = {"jax": "jit", "tensorflow": "tf.function", "torch": "eager"}
+OUR_MODES = {"jax": "jit", "tensorflow": "tf.function", "torch": "torch.export"}
+# Our torch backend with ``jit_compile=True`` (captured graph + torch.compile): its own
+# column, impl "torch-compile".
+TORCH_COMPILE = "torch-compile"
 QUANT_MODES = (None, "fp16", "dynamic", "int8")
 
 _PACKAGES = {"numpy": ("numpy",), "keras": ("keras",), "jax": ("jax",),
@@ -351,17 +358,21 @@ def stage_ours(args, out):
     backend = keras.backend.backend()
     from visionzoo.registry import get_variant
 
+    jit = bool(getattr(args, "jit_compile", False))
+    impl, mode = ((TORCH_COMPILE, "torch.export+torch.compile") if jit
+                  else (backend, OUR_MODES.get(backend, "predict_on_batch")))
     for name in args.models:
         v = get_variant(name)
         for batch in args.batches:
             base = dict(model=name, timm_model=v.timm, measurement="throughput",
-                        impl=backend, mode=OUR_MODES.get(backend, "predict_on_batch"),
+                        impl=impl, mode=mode,
                         batch=batch, size=v.input_size, repeats=args.repeats,
                         unit="img/s")
             row = make_row(**base)
-            _log(f"{name} batch {batch} on {backend} (load {row['load1']})")
+            _log(f"{name} batch {batch} on {impl} (load {row['load1']})")
             try:
-                r = bench.time_keras(name, batch, v.input_size, args.repeats, args.warmup)
+                r = bench.time_keras(name, batch, v.input_size, args.repeats, args.warmup,
+                                     jit_compile=True if jit else None)
                 row.update(value=r["ips"], p25=r["p25"], p75=r["p75"],
                            first_call_s=r["first_call_s"], threads=r["threads"],
                            note=r["method"])
@@ -702,6 +713,14 @@ def run_suite(args):
             _log(f"our models on {backend}")
             keep(run_stage("ours", args, {"KERAS_BACKEND": backend},
                            timeout=args.stage_timeout)[0])
+            if backend == "torch" and args.torch_compile:
+                _log("our models on torch with jit_compile=True (torch.compile)")
+                timm_models = [m for m in args.models if info.get(m, (None,))[0]]
+                if timm_models:
+                    keep(run_stage("ours", argparse.Namespace(**{**vars(args),
+                                                                 "models": timm_models}),
+                                   {"KERAS_BACKEND": backend}, timeout=args.stage_timeout,
+                                   extra=("--jit-compile",))[0])
         if args.timm:
             keep(_timm_rows(args, info))
         if args.tflite:
@@ -746,6 +765,9 @@ def build_parser():
                    help="skip timm under torch.compile (slow to compile)")
     p.add_argument("--compile-timeout", type=float, default=300,
                    help="seconds allowed for each torch.compile child")
+    p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
+                   help="skip our torch backend with jit_compile=True (torch.export + "
+                        "torch.compile; timm's models only, slow to compile)")
     p.add_argument("--no-tflite", dest="tflite", action="store_false")
     p.add_argument("--no-litert", dest="litert", action="store_false")
     p.add_argument("--litert-path", default=os.environ.get("LITERT_TORCH_PATH"),
@@ -768,6 +790,7 @@ def _stage_main(argv):
     p.add_argument("--sgemm-n", type=int, default=2048)
     p.add_argument("--tflite-threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--note", default=None)
+    p.add_argument("--jit-compile", action="store_true")
     args = p.parse_args(argv)
     STAGES[args.stage](args, args.out)
     return 0

@@ -167,6 +167,13 @@ def _synthetic_rows(suite):
           mode="eager", batch=1, value=111.1, unit="img/s"),
         r(model="beta_t", measurement="throughput", impl="jax", mode="jit", batch=1,
           value=456.7, unit="img/s"),
+        # torch: this run's captured-graph row wins over an older run's eager row.
+        r(model="beta_t", measurement="throughput", impl="torch", mode="torch.export",
+          batch=1, value=55.5, unit="img/s"),
+        {**r(model="beta_t", measurement="throughput", impl="torch", mode="eager",
+             batch=1, value=44.4, unit="img/s"), "run_id": "20251231T000000"},
+        r(model="beta_t", measurement="throughput", impl="torch-compile",
+          mode="torch.export+torch.compile", batch=1, value=77.7, unit="img/s"),
         r(model="alpha_s", timm_model="alpha_s", measurement="tflite_latency",
           impl="visionzoo", mode="fp32", batch=1, threads=1, value=8.8, unit="ms"),
         r(model="alpha_s", timm_model="alpha_s", measurement="tflite_size",
@@ -213,11 +220,16 @@ def test_make_table_from_synthetic_csv(tmp_path, suite_modules):
     # Missing / failed measurements are a dash; failures listed with their reason.
     line = next(x for x in text.splitlines() if x.startswith("| alpha_s | 123.4"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[3] == "—" and cells[5] == "—"  # torch failed, timm compile not run
-    assert cells[6] == f"{123.4 / 111.1:.2f}×"  # best / timm eager
-    assert cells[7] == f"{123.4 / 111.1:.2f}× ✗"  # below the 1.25x target
+    # torch failed, torch-compile and timm compile not run
+    assert cells[3] == "—" and cells[4] == "—" and cells[6] == "—"
+    assert cells[7] == f"{123.4 / 111.1:.2f}×"  # best / timm eager
+    assert cells[8] == f"{123.4 / 111.1:.2f}× ✗"  # below the 1.25x target
     # % of sgemm: 2 * 1.5 GMAC * 123.4 img/s / 100 GFLOP/s.
-    assert cells[9] == f"{100 * 2 * 1.5 * 123.4 / 100:.0f} %"
+    assert cells[10] == f"{100 * 2 * 1.5 * 123.4 / 100:.0f} %"
+    beta = next(x for x in text.splitlines() if x.startswith("| beta_t | 456.7"))
+    bcells = [c.strip() for c in beta.strip("|").split("|")]
+    assert bcells[1:5] == ["456.7", "—", "55.5", "77.7"], bcells
+    assert "44.4" not in text
     assert "boom" in text
     # The target section says what 1.25x would take: img/s and the share of sgemm.
     need = 1.25 * 111.1
@@ -319,3 +331,21 @@ def test_suite_size_then_latency(tmp_path, suite_modules, monkeypatch):
         ("tflite_size", "dynamic", 123), ("tflite_size", "dynamic", None),
         ("tflite_latency", "dynamic", None)]
     assert "boom" in rows[2]["note"] and rows[2]["unit"] == "ms"
+
+
+def test_make_table_names_each_machine_and_what_came_from_it(tmp_path, suite_modules):
+    """Rows from runs on two machines: the header lists both and which measurements the
+    tables take from each (so nobody compares across them unknowingly)."""
+    suite, make_table = suite_modules
+    rows = suite.add_sgemm_fraction(_synthetic_rows(suite), 100.0)
+    rows.append({**rows[-1], **suite.make_row(
+        run_id="20260102T000000", date="2026-01-02T00:00:00+00:00", cpu="Other CPU",
+        cores=2, model="beta_t", measurement="tflite_latency", impl="visionzoo",
+        mode="fp32", batch=1, threads=1, value=5.5, unit="ms")})
+    path = str(tmp_path / "suite.csv")
+    suite.write_csv(rows, path)
+    md = tmp_path / "models.md"
+    assert make_table.main([path, "--md", str(md), "--png", str(tmp_path / "p.png")]) == 0
+    text = md.read_text()
+    assert "**Machines:**" in text and "Other CPU, 2 CPUs (tflite_latency)" in text
+    assert "Test CPU 9000, 2 CPUs (" in text and "Compare figures only within" in text

@@ -14,12 +14,16 @@ How each side is timed (fp32, random weights, random input, CPU):
     ``ours_first_call_s`` includes compiling three variants);
   - ``tensorflow``: Keras wraps the predict step in a ``tf.function`` (graph mode).
     Keras leaves XLA off on CPU (``jit_compile="auto"``) and so do we;
-  - ``torch``: Keras runs the step eagerly under ``torch.no_grad()``; we also wrap the
+  - ``torch``: the forward pass captured once by ``torch.export`` and run as that graph
+    under ``torch.no_grad()`` (:mod:`visionzoo.inference`: Keras' eager step runs the
+    first call, the second captures); with ``jit_compile=True`` the captured graph is
+    also compiled by ``torch.compile`` (inductor) on the first call. We also wrap the
     timed loop in ``torch.inference_mode()`` (it skips version-counter and view
-    tracking; no-op for the numbers' meaning). No ``torch.compile``.
+    tracking; no-op for the numbers' meaning).
 
-  The first call (tracing / compilation) is timed separately as ``ours_first_call_s``,
-  then ``warmup`` more calls are run untimed, then ``repeats`` timed calls.
+  The first call (tracing / compilation) is timed separately as ``ours_first_call_s``
+  (torch without ``jit_compile``: the first two calls, eager then capture), then
+  ``warmup`` more calls are run untimed, then ``repeats`` timed calls.
 * **timm** (``vs="timm"``) runs in a child process, ``python -m visionzoo.bench _timm``,
   so that torch/torchvision are never imported next to TensorFlow (which crashes with
   TF 2.21 + torchvision 0.29) and so the two sides never compete for cores: the child
@@ -167,8 +171,10 @@ def _time_calls(fn, repeats, warmup):
 # --------------------------------------------------------------------------------------
 
 
-def time_keras(name, batch, size, repeats=10, warmup=2, threads=None, seed=0):
+def time_keras(name, batch, size, repeats=10, warmup=2, threads=None, seed=0,
+               jit_compile=None):
     """Time ``visionzoo.create_model(name)`` on the active backend (see module doc).
+    ``jit_compile`` (None: Keras' default for the backend) sets ``model.jit_compile``.
 
     The input is :func:`visionzoo.export.example_inputs` of the model at ``size`` (its
     registered channel count): one NHWC batch for image models, one array per input for
@@ -188,7 +194,9 @@ def time_keras(name, batch, size, repeats=10, warmup=2, threads=None, seed=0):
 
         torch.set_num_threads(threads)
         used_threads = torch.get_num_threads()
-        method = "predict_on_batch (eager, no_grad) in torch.inference_mode"
+        method = ("predict_on_batch (torch.export graph"
+                  + (" + torch.compile inductor" if jit_compile else "")
+                  + ", no_grad) in torch.inference_mode")
     elif backend == "tensorflow":
         import tensorflow as tf
 
@@ -215,9 +223,17 @@ def time_keras(name, batch, size, repeats=10, warmup=2, threads=None, seed=0):
     # Image models: seeded standard-normal images. Multi-input models get one array per
     # input (DiT: Gaussian latents, integer timesteps in [0, 1000) and class labels).
     x = example_inputs(model, batch, seed, input_size=(size, size))
+    if jit_compile is not None:
+        model.jit_compile = jit_compile
     if backend == "torch":
         with torch.inference_mode():
+            eager = 0.0
+            if not model.jit_compile:
+                start = time.perf_counter()
+                model.predict_on_batch(x)  # Keras' eager call; the next one captures
+                eager = time.perf_counter() - start
             first, times = _time_calls(lambda: model.predict_on_batch(x), repeats, warmup)
+            first += eager
     else:
         first, times = _time_calls(lambda: model.predict_on_batch(x), repeats, warmup)
     stats = throughput_stats(times, batch)
@@ -387,7 +403,7 @@ def time_diffusers_dit(config, batch, repeats=10, warmup=2, threads=None, compil
 
 
 def benchmark(names, batch=8, size=None, repeats=10, vs=None, compile=False, threads=None,
-              warmup=2, compile_timeout=900, verbose=False):
+              warmup=2, compile_timeout=900, verbose=False, jit_compile=None):
     """Measure inference images/s of each model in ``names`` on the active backend.
 
     Args:
@@ -407,6 +423,8 @@ def benchmark(names, batch=8, size=None, repeats=10, vs=None, compile=False, thr
         warmup: int. Untimed calls after the first one.
         compile_timeout: float. Seconds allowed for the ``torch.compile`` child.
         verbose: bool. Print progress to stderr.
+        jit_compile: bool or None. Sets our model's ``jit_compile`` (None: Keras'
+            default for the backend; on torch, True adds ``torch.compile``).
 
     Returns:
         A list with one flat dict per model, keys :data:`CSV_FIELDS`. Speeds are
@@ -435,7 +453,8 @@ def benchmark(names, batch=8, size=None, repeats=10, vs=None, compile=False, thr
         if verbose:
             _log(f"{v.name}: ours on {keras.backend.backend()}, batch {batch}, {side}px "
                  f"(load {row['load1']})")
-        ours = time_keras(v.name, batch, side, repeats, warmup, threads)
+        ours = time_keras(v.name, batch, side, repeats, warmup, threads,
+                          jit_compile=jit_compile)
         row.update(backend=ours["backend"], method=ours["method"], threads=ours["threads"],
                    ours_ips=ours["ips"], ours_p25=ours["p25"], ours_p75=ours["p75"],
                    ours_first_call_s=ours["first_call_s"])
@@ -585,7 +604,7 @@ def bench_cli(args):
     """Run :func:`benchmark` for the ``visionzoo bench`` command; print the table.
 
     Reads ``args.names``, ``batch``, ``size``, ``repeats``, ``vs``, ``csv`` and, when
-    present, ``compile``, ``threads``, ``compile_timeout`` and ``json``. A model that
+    present, ``compile``, ``threads``, ``compile_timeout``, ``jit_compile`` and ``json``. A model that
     fails is reported and skipped; the exit code is then 1.
     """
     from visionzoo.registry import get_variant
@@ -600,7 +619,8 @@ def bench_cli(args):
                               compile=getattr(args, "compile", False),
                               threads=getattr(args, "threads", None),
                               compile_timeout=getattr(args, "compile_timeout", 900),
-                              verbose=True)
+                              verbose=True,
+                              jit_compile=getattr(args, "jit_compile", None))
         except (ValueError, RuntimeError) as e:
             failed += 1
             print(f"visionzoo bench: {name}: {e}", file=sys.stderr)

@@ -230,6 +230,9 @@ def build_parser():
     s.add_argument("--vs", default=None, choices=["timm", "diffusers"],
                    help="also time the reference: timm, or diffusers for DiT")
     s.add_argument("--csv", default=None, help="append results to this CSV")
+    s.add_argument("--jit-compile", dest="jit_compile", action="store_true", default=None,
+                   help="set our model's jit_compile (torch: torch.export graph + "
+                        "torch.compile)")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("predict", help="run a model on an image (restore, detect, segment)")
