@@ -63,6 +63,19 @@ class Results:
     def __init__(self, rows):
         self.rows = rows
         self.cells = latest(rows)
+        # Our backends have one mode each; a newer run's mode supersedes an older one's
+        # (torch: "torch.export" over "eager"). timm's and TFLite's modes are distinct
+        # measurements and all stay.
+        newest = {}
+        for key, r in self.cells.items():
+            if key[1] == "throughput" and key[2] in OURS:
+                group = (key[0], key[2], key[4], key[5])
+                rank = (r["value"] is not None, r.get("run_id") or "")
+                if group not in newest or rank > newest[group][0]:
+                    newest[group] = (rank, key)
+        keep = {key for _, key in newest.values()}
+        self.cells = {key: r for key, r in self.cells.items()
+                      if not (key[1] == "throughput" and key[2] in OURS) or key in keep}
         self.models = list(dict.fromkeys(r["model"] for r in rows if r["model"]))
         self.batches = sorted({int(r["batch"]) for r in rows
                                if r["measurement"] == "throughput" and r["batch"]})
