@@ -2,12 +2,15 @@
 
     python tests/run_backends.py [pytest args...]
 
-Each backend runs in its own process (KERAS_BACKEND is read at import). Up to
-``VISIONZOO_TEST_JOBS`` backends (default 2) run side by side: most of a run is
-single-threaded compilation and Python overhead, so two processes keep two cores busy.
-Every output line is prefixed with its backend. The run fails if any backend fails or
-collects no tests (pytest exit code 5). The last line is the combined count:
-"N passed, N failed, N skipped".
+Each backend runs in its own processes (KERAS_BACKEND is read at import). Without
+explicit test paths in the arguments, each backend's test files are split into
+``VISIONZOO_TEST_SHARDS`` shards (default 2, round robin over the sorted file names) and
+up to ``VISIONZOO_TEST_JOBS`` shards (default 2) run side by side: most of a run is
+single-threaded compilation and Python overhead, so two processes keep two cores busy,
+and shards keep both busy until the end instead of leaving the last backend alone.
+Every output line is prefixed with its backend (and shard). The run fails if any shard
+fails or a backend collects no tests in any shard (pytest exit code 5). The last line is
+the combined count: "N passed, N failed, N skipped".
 """
 
 import os
@@ -22,19 +25,21 @@ PATTERNS = (("passed", r"(\d+) passed"), ("failed", r"(\d+) failed"),
             ("skipped", r"(\d+) skipped"), ("errors", r"(\d+) errors?"))
 
 
-def _run(backend, argv, root, results, lock):
+def _run(job, argv, root, results, lock):
+    backend, label, files = job
     env = dict(os.environ, KERAS_BACKEND=backend)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     start = time.time()
     with lock:
-        print(f"===== KERAS_BACKEND={backend}: started =====", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *argv],
+        print(f"===== KERAS_BACKEND={backend} ({label}): started =====", flush=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                             *argv, *files],
                             cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     last = ""
     for line in proc.stdout:
         with lock:
-            sys.stdout.write(f"[{backend}] {line}")
+            sys.stdout.write(f"[{label}] {line}")
             sys.stdout.flush()
         if line.strip():
             last = line
@@ -43,16 +48,32 @@ def _run(backend, argv, root, results, lock):
     for key, pattern in PATTERNS:
         m = re.search(pattern, last)
         counts[key] = int(m.group(1)) if m else 0
-    results[backend] = (code, counts)
+    results[label] = (backend, code, counts)
     with lock:
-        print(f"===== {backend}: exit {code} in {time.time() - start:.0f}s =====", flush=True)
+        print(f"===== {label}: exit {code} in {time.time() - start:.0f}s =====", flush=True)
+
+
+def _jobs(root, argv, shards):
+    """``[(backend, label, files)]``: one job per backend, or ``shards`` per backend (test
+    files round robin) when ``argv`` names no existing path (pytest's own selection)."""
+    names_paths = any(os.path.exists(os.path.join(root, a.split("::")[0]))
+                      for a in argv if not a.startswith("-"))
+    tests = os.path.join(root, "tests")
+    files = sorted(os.path.join("tests", f) for f in os.listdir(tests)
+                   if f.startswith("test_") and f.endswith(".py"))
+    if names_paths or shards <= 1 or len(files) < 2:
+        return [(b, b, []) for b in BACKENDS]
+    shards = min(shards, len(files))
+    return [(b, f"{b} {i + 1}/{shards}", files[i::shards])
+            for b in BACKENDS for i in range(shards)]
 
 
 def main(argv):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     jobs = max(1, int(os.environ.get("VISIONZOO_TEST_JOBS", "2")))
+    shards = max(1, int(os.environ.get("VISIONZOO_TEST_SHARDS", "2")))
     results, lock = {}, threading.Lock()
-    pending = list(BACKENDS)
+    pending = _jobs(root, argv, shards)
     running = []
     while pending or running:
         while pending and len(running) < jobs:
@@ -61,13 +82,15 @@ def main(argv):
             running.append(t)
         time.sleep(0.5)
         running = [t for t in running if t.is_alive()]
-    totals = {key: sum(results[b][1][key] for b in BACKENDS) for key, _ in PATTERNS}
+    totals = {key: sum(counts[key] for _, _, counts in results.values())
+              for key, _ in PATTERNS}
     failed_backends = []
     for backend in BACKENDS:
-        code = results[backend][0]
-        if code == 5:
+        codes = [code for b, code, _ in results.values() if b == backend]
+        if all(code == 5 for code in codes):
             print(f"{backend}: pytest collected no tests; that is a failure here.")
-        if code != 0:
+            failed_backends.append(backend)
+        elif any(code not in (0, 5) for code in codes):
             failed_backends.append(backend)
     if failed_backends:
         print(f"\nFailing backends: {', '.join(failed_backends)}")
