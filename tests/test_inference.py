@@ -261,11 +261,15 @@ def test_torch_capture_same_outputs_and_new_weights(monkeypatch):
     assert np.abs(changed - ref).max() > 1e-3
     np.testing.assert_array_equal(changed, _keras(model, x))
     head.set_weights(old)
+    flipped = x[:, :, ::-1]  # negative strides, as a flip augmentation gives
+    for _ in range(2):
+        np.testing.assert_array_equal(model.predict_on_batch(flipped),
+                                      _keras(model, flipped))
     x64 = x.astype("float64")
     ref64 = _keras(model, x64)
     for _ in range(2):
         np.testing.assert_array_equal(model.predict_on_batch(x64), ref64)
-    assert len(inference.torch_captured(model)) == 2
+    assert len(inference.torch_captured(model)) == 2  # float32 (plain and flipped), float64
     monkeypatch.setenv(inference.TORCH_CAPTURE_ENV, "0")
     assert inference.predict_on_batch(model, x) is None
     np.testing.assert_array_equal(model.predict_on_batch(x), ref)

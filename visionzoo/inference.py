@@ -291,7 +291,8 @@ def _torch_inputs(x):
     tensors, parts = [], []
     for leaf in leaves:
         if isinstance(leaf, np.ndarray) and leaf.dtype.kind in "biuf":
-            leaf = torch.as_tensor(leaf, device=get_device())
+            # Contiguous first: torch rejects negative strides (x[:, ::-1], a flip).
+            leaf = torch.as_tensor(np.ascontiguousarray(leaf), device=get_device())
         elif not isinstance(leaf, torch.Tensor):
             return None, None
         tensors.append(leaf)
