@@ -13,7 +13,8 @@ How each side is timed (fp32, random weights, random input, CPU):
     which on CPU autotunes XLA's YNN library fusion at the first call (so
     ``ours_first_call_s`` includes compiling three variants);
   - ``tensorflow``: Keras wraps the predict step in a ``tf.function`` (graph mode).
-    Keras leaves XLA off on CPU (``jit_compile="auto"``) and so do we;
+    Keras leaves XLA off on CPU (``jit_compile="auto"``) and so do we, unless
+    ``jit_compile=True`` is passed;
   - ``torch``: the forward pass captured once by ``torch.export`` and run as that graph
     under ``torch.no_grad()`` (:mod:`visionzoo.inference`: Keras' eager step runs the
     first call, the second captures); with ``jit_compile=True`` the captured graph is
@@ -207,7 +208,8 @@ def time_keras(name, batch, size, repeats=10, warmup=2, threads=None, seed=0,
                 pass
         used_threads = tf.config.threading.get_intra_op_parallelism_threads() or (
             default_threads())
-        method = "predict_on_batch (tf.function, no XLA)"
+        method = ("predict_on_batch (tf.function, "
+                  + ("XLA" if jit_compile else "no XLA") + ")")
     elif backend == "jax":
         used_threads = default_threads()  # XLA's CPU pool: one thread per CPU
         method = "predict_on_batch (jax.jit)"
@@ -604,8 +606,8 @@ def bench_cli(args):
     """Run :func:`benchmark` for the ``visionzoo bench`` command; print the table.
 
     Reads ``args.names``, ``batch``, ``size``, ``repeats``, ``vs``, ``csv`` and, when
-    present, ``compile``, ``threads``, ``compile_timeout``, ``jit_compile`` and ``json``. A model that
-    fails is reported and skipped; the exit code is then 1.
+    present, ``compile``, ``threads``, ``compile_timeout``, ``jit_compile`` and ``json``.
+    A model that fails is reported and skipped; the exit code is then 1.
     """
     from visionzoo.registry import get_variant
 
