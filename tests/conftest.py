@@ -114,3 +114,27 @@ def _seed():
 def _fresh_session_per_module():
     yield
     keras.backend.clear_session()
+
+
+# --------------------------------------------------------------------------------------
+# Per-file run times, for tests/run_backends.py's shard balancing
+# --------------------------------------------------------------------------------------
+
+_FILE_SECONDS = {}
+
+
+def pytest_runtest_logreport(report):
+    """Sum setup + call + teardown seconds per test file."""
+    path = report.nodeid.split("::")[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + float(report.duration or 0.0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With ``VISIONZOO_TEST_TIMES_OUT`` set (tests/run_backends.py sets it), write the
+    per-file seconds there as JSON."""
+    out = os.environ.get("VISIONZOO_TEST_TIMES_OUT")
+    if out and _FILE_SECONDS:
+        import json
+
+        with open(out, "w") as f:
+            json.dump({k: round(v, 1) for k, v in sorted(_FILE_SECONDS.items())}, f)

@@ -4,19 +4,28 @@
 
 Each backend runs in its own processes (KERAS_BACKEND is read at import). Without
 explicit test paths in the arguments, each backend's test files are split into
-``VISIONZOO_TEST_SHARDS`` shards (default 2, round robin over the sorted file names) and
-up to ``VISIONZOO_TEST_JOBS`` shards (default 2) run side by side: most of a run is
-single-threaded compilation and Python overhead, so two processes keep two cores busy,
-and shards keep both busy until the end instead of leaving the last backend alone.
+``VISIONZOO_TEST_SHARDS`` shards (default 2) and up to ``VISIONZOO_TEST_JOBS`` shards
+(default 2) run side by side, longest first: most of a run is single-threaded
+compilation and Python overhead, so two processes keep two cores busy, and shards keep
+both busy until the end instead of leaving the last backend alone.
+
+Shards are balanced by the per-file seconds in ``tests/durations.json`` (measured on a
+full run; files it does not list count as that backend's median file). Every run
+measures them again (``tests/conftest.py`` sums each file's setup, call and teardown);
+``VISIONZOO_TEST_TIMES_SAVE=path`` writes the new table there, in the same format, to
+refresh the committed one.
 Every output line is prefixed with its backend (and shard). The run fails if any shard
 fails or a backend collects no tests in any shard (pytest exit code 5). The last line is
 the combined count: "N passed, N failed, N skipped".
 """
 
+import json
 import os
 import re
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -25,13 +34,15 @@ PATTERNS = (("passed", r"(\d+) passed"), ("failed", r"(\d+) failed"),
             ("skipped", r"(\d+) skipped"), ("errors", r"(\d+) errors?"))
 
 
-def _run(job, argv, root, results, lock):
-    backend, label, files = job
-    env = dict(os.environ, KERAS_BACKEND=backend)
+def _run(job, argv, root, results, lock, times_dir):
+    backend, label, files, expected = job
+    env = dict(os.environ, KERAS_BACKEND=backend,
+               VISIONZOO_TEST_TIMES_OUT=os.path.join(times_dir, label.replace("/", "-") + ".json"))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     start = time.time()
     with lock:
-        print(f"===== KERAS_BACKEND={backend} ({label}): started =====", flush=True)
+        note = f", ~{expected:.0f}s expected" if expected else ""
+        print(f"===== KERAS_BACKEND={backend} ({label}): started{note} =====", flush=True)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                              *argv, *files],
                             cwd=root, env=env, stdout=subprocess.PIPE,
@@ -53,19 +64,60 @@ def _run(job, argv, root, results, lock):
         print(f"===== {label}: exit {code} in {time.time() - start:.0f}s =====", flush=True)
 
 
+def _load_durations(root):
+    path = os.path.join(root, "tests", "durations.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _balance(files, seconds, shards):
+    """Split ``files`` into ``shards`` lists of near-equal total seconds (longest file
+    first onto the lightest shard). Returns ``[(files, expected_seconds)]``."""
+    known = [seconds[f] for f in files if f in seconds]
+    default = statistics.median(known) if known else 1.0
+    bins = [([], 0.0) for _ in range(shards)]
+    for f in sorted(files, key=lambda f: (-seconds.get(f, default), f)):
+        i = min(range(shards), key=lambda i: (bins[i][1], i))
+        bins[i] = (bins[i][0] + [f], bins[i][1] + seconds.get(f, default))
+    return [(sorted(fs), total) for fs, total in bins if fs]
+
+
 def _jobs(root, argv, shards):
-    """``[(backend, label, files)]``: one job per backend, or ``shards`` per backend (test
-    files round robin) when ``argv`` names no existing path (pytest's own selection)."""
+    """``[(backend, label, files, expected_seconds)]``, longest first: one job per
+    backend, or ``shards`` per backend (balanced by tests/durations.json) when ``argv``
+    names no existing path (pytest's own selection)."""
     names_paths = any(os.path.exists(os.path.join(root, a.split("::")[0]))
                       for a in argv if not a.startswith("-"))
     tests = os.path.join(root, "tests")
-    files = sorted(os.path.join("tests", f) for f in os.listdir(tests)
+    files = sorted(f"tests/{f}" for f in os.listdir(tests)
                    if f.startswith("test_") and f.endswith(".py"))
     if names_paths or shards <= 1 or len(files) < 2:
-        return [(b, b, []) for b in BACKENDS]
-    shards = min(shards, len(files))
-    return [(b, f"{b} {i + 1}/{shards}", files[i::shards])
-            for b in BACKENDS for i in range(shards)]
+        return [(b, b, [], 0.0) for b in BACKENDS]
+    durations = _load_durations(root)
+    jobs = []
+    for b in BACKENDS:
+        seconds = durations.get(b, {})
+        parts = _balance(files, seconds, min(shards, len(files)))
+        jobs += [(b, f"{b} {i + 1}/{len(parts)}", fs, total if seconds else 0.0)
+                 for i, (fs, total) in enumerate(parts)]
+    return sorted(jobs, key=lambda j: -j[3])
+
+
+def _save_times(times_dir, path):
+    """Merge the shards' per-file seconds into ``{backend: {file: seconds}}`` at ``path``."""
+    table = {}
+    for name in sorted(os.listdir(times_dir)):
+        backend = name.split(" ")[0]
+        with open(os.path.join(times_dir, name)) as f:
+            table.setdefault(backend, {}).update(json.load(f))
+    table = {b: dict(sorted(t.items())) for b, t in sorted(table.items())}
+    with open(path, "w") as f:
+        json.dump(table, f, indent=1)
+        f.write("\n")
+    print(f"per-file seconds written to {path}")
 
 
 def main(argv):
@@ -73,15 +125,19 @@ def main(argv):
     jobs = max(1, int(os.environ.get("VISIONZOO_TEST_JOBS", "2")))
     shards = max(1, int(os.environ.get("VISIONZOO_TEST_SHARDS", "2")))
     results, lock = {}, threading.Lock()
+    times_dir = tempfile.mkdtemp(prefix="visionzoo-test-times-")
     pending = _jobs(root, argv, shards)
     running = []
     while pending or running:
         while pending and len(running) < jobs:
-            t = threading.Thread(target=_run, args=(pending.pop(0), argv, root, results, lock))
+            t = threading.Thread(target=_run,
+                                 args=(pending.pop(0), argv, root, results, lock, times_dir))
             t.start()
             running.append(t)
         time.sleep(0.5)
         running = [t for t in running if t.is_alive()]
+    if os.environ.get("VISIONZOO_TEST_TIMES_SAVE"):
+        _save_times(times_dir, os.environ["VISIONZOO_TEST_TIMES_SAVE"])
     totals = {key: sum(counts[key] for _, _, counts in results.values())
               for key, _ in PATTERNS}
     failed_backends = []
