@@ -1,0 +1,52 @@
+"""tests/run_backends.py: how test files are split into shards."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("run_backends", ROOT / "tests" / "run_backends.py")
+run_backends = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run_backends)
+
+
+def test_balance_puts_every_file_in_one_shard_with_near_equal_totals():
+    seconds = {"a": 100.0, "b": 60.0, "c": 50.0, "d": 40.0, "e": 30.0, "f": 20.0}
+    parts = run_backends._balance(list(seconds), seconds, 2)
+    assert sorted(f for files, _ in parts for f in files) == sorted(seconds)
+    totals = [total for _, total in parts]
+    assert sum(totals) == sum(seconds.values())
+    assert max(totals) - min(totals) <= 20  # a round robin over the names gives 190 / 110
+    for files, total in parts:
+        assert total == sum(seconds[f] for f in files) and files == sorted(files)
+
+
+def test_balance_counts_unknown_files_as_the_median():
+    parts = run_backends._balance(["a", "b", "c", "new"], {"a": 10.0, "b": 30.0, "c": 20.0}, 2)
+    assert sum(total for _, total in parts) == 80.0  # "new" counted as 20
+    assert sorted(total for _, total in parts) == [40.0, 40.0]
+    parts = run_backends._balance(["x", "y", "z"], {}, 2)  # no table: equal weights
+    assert sorted(len(files) for files, _ in parts) == [1, 2]
+
+
+def test_jobs_split_each_backend_and_run_the_longest_first(monkeypatch):
+    monkeypatch.setattr(run_backends, "BACKENDS", ["jax", "torch"])
+    jobs = run_backends._jobs(str(ROOT), ["-q"], 2)
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py"))
+    for backend in ("jax", "torch"):
+        mine = [j for j in jobs if j[0] == backend]
+        assert [j[1] for j in sorted(mine, key=lambda j: j[1])] == [f"{backend} 1/2",
+                                                                    f"{backend} 2/2"]
+        assert sorted(f for j in mine for f in j[2]) == files
+    expected = [j[3] for j in jobs]
+    assert expected == sorted(expected, reverse=True)
+
+
+@pytest.mark.parametrize("argv", [
+    ["tests/test_run_backends.py"],
+    ["tests/test_run_backends.py::test_balance_counts_unknown_files_as_the_median", "-q"]])
+def test_explicit_paths_run_unsharded(monkeypatch, argv):
+    monkeypatch.setattr(run_backends, "BACKENDS", ["jax", "torch"])
+    assert run_backends._jobs(str(ROOT), argv, 2) == [("jax", "jax", [], 0.0),
+                                                      ("torch", "torch", [], 0.0)]
