@@ -13,7 +13,9 @@ Shards are balanced by the per-file seconds in ``tests/durations.json`` (measure
 full run; files it does not list count as that backend's median file). Every run
 measures them again (``tests/conftest.py`` sums each file's setup, call and teardown);
 ``VISIONZOO_TEST_TIMES_SAVE=path`` writes the new table there, in the same format, to
-refresh the committed one.
+refresh the committed one. With several processes at once, each gets an equal share of
+the cores for OpenMP/BLAS (``OMP_NUM_THREADS`` etc., unless set).
+
 Every output line is prefixed with its backend (and shard). The run fails if any shard
 fails or a backend collects no tests in any shard (pytest exit code 5). The last line is
 the combined count: "N passed, N failed, N skipped".
@@ -34,10 +36,12 @@ PATTERNS = (("passed", r"(\d+) passed"), ("failed", r"(\d+) failed"),
             ("skipped", r"(\d+) skipped"), ("errors", r"(\d+) errors?"))
 
 
-def _run(job, argv, root, results, lock, times_dir):
+def _run(job, argv, root, results, lock, times_dir, threads):
     backend, label, files, expected = job
     env = dict(os.environ, KERAS_BACKEND=backend,
                VISIONZOO_TEST_TIMES_OUT=os.path.join(times_dir, label.replace("/", "-") + ".json"))
+    for key, value in threads.items():
+        env.setdefault(key, value)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     start = time.time()
     with lock:
@@ -106,6 +110,17 @@ def _jobs(root, argv, shards):
     return sorted(jobs, key=lambda j: -j[3])
 
 
+def _thread_env(jobs):
+    """OpenMP/BLAS thread counts for each test process when ``jobs`` run at once: the
+    cores split between them (unless already set). torch's OpenMP threads spin while
+    they wait, so two torch processes with a thread per core each ran 2.6x slower than
+    with one thread each (measured on 2 cores)."""
+    if jobs <= 1:
+        return {}
+    n = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
 def _save_times(times_dir, path):
     """Merge the shards' per-file seconds into ``{backend: {file: seconds}}`` at ``path``."""
     table = {}
@@ -126,12 +141,14 @@ def main(argv):
     shards = max(1, int(os.environ.get("VISIONZOO_TEST_SHARDS", "2")))
     results, lock = {}, threading.Lock()
     times_dir = tempfile.mkdtemp(prefix="visionzoo-test-times-")
+    threads = _thread_env(jobs)
     pending = _jobs(root, argv, shards)
     running = []
     while pending or running:
         while pending and len(running) < jobs:
             t = threading.Thread(target=_run,
-                                 args=(pending.pop(0), argv, root, results, lock, times_dir))
+                                 args=(pending.pop(0), argv, root, results, lock, times_dir,
+                                       threads))
             t.start()
             running.append(t)
         time.sleep(0.5)

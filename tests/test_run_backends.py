@@ -50,3 +50,11 @@ def test_explicit_paths_run_unsharded(monkeypatch, argv):
     monkeypatch.setattr(run_backends, "BACKENDS", ["jax", "torch"])
     assert run_backends._jobs(str(ROOT), argv, 2) == [("jax", "jax", [], 0.0),
                                                       ("torch", "torch", [], 0.0)]
+
+
+def test_parallel_processes_share_the_cores(monkeypatch):
+    assert run_backends._thread_env(1) == {}
+    monkeypatch.setattr(run_backends.os, "cpu_count", lambda: 2)
+    assert run_backends._thread_env(2)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setattr(run_backends.os, "cpu_count", lambda: 16)
+    assert set(run_backends._thread_env(4).values()) == {"4"}
