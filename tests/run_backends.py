@@ -4,17 +4,21 @@
 
 Each backend runs in its own processes (KERAS_BACKEND is read at import). Without
 explicit test paths in the arguments, each backend's test files are split into
-``VISIONZOO_TEST_SHARDS`` shards (default 2) and up to ``VISIONZOO_TEST_JOBS`` shards
-(default 2) run side by side, longest first: most of a run is single-threaded
-compilation and Python overhead, so two processes keep two cores busy, and shards keep
-both busy until the end instead of leaving the last backend alone.
+``VISIONZOO_TEST_SHARDS`` shards (default 2) and ``VISIONZOO_TEST_JOBS`` processes
+(default 2) run side by side: most of a run is single-threaded compilation and Python
+overhead, so two processes keep two cores busy, and shards keep both busy until the end
+instead of leaving the last backend alone.
 
 Shards are balanced by the per-file seconds in ``tests/durations.json`` (measured on a
 full run; files it does not list count as that backend's median file). Every run
 measures them again (``tests/conftest.py`` sums each file's setup, call and teardown);
 ``VISIONZOO_TEST_TIMES_SAVE=path`` writes the new table there, in the same format, to
-refresh the committed one. With several processes at once, each gets an equal share of
-the cores for OpenMP/BLAS (``OMP_NUM_THREADS`` etc., unless set).
+refresh the committed one.
+
+The shards run in ``VISIONZOO_TEST_JOBS`` lanes: lane i runs shard i (of every backend),
+each lane starting with a different backend, so two shards of one backend never run at
+the same time: two torch processes side by side, each with an OpenMP thread per core,
+ran the same tests 2.6x slower than with one thread each (idle OpenMP threads spin).
 
 Every output line is prefixed with its backend (and shard). The run fails if any shard
 fails or a backend collects no tests in any shard (pytest exit code 5). The last line is
@@ -36,12 +40,10 @@ PATTERNS = (("passed", r"(\d+) passed"), ("failed", r"(\d+) failed"),
             ("skipped", r"(\d+) skipped"), ("errors", r"(\d+) errors?"))
 
 
-def _run(job, argv, root, results, lock, times_dir, threads):
+def _run(job, argv, root, results, lock, times_dir):
     backend, label, files, expected = job
     env = dict(os.environ, KERAS_BACKEND=backend,
                VISIONZOO_TEST_TIMES_OUT=os.path.join(times_dir, label.replace("/", "-") + ".json"))
-    for key, value in threads.items():
-        env.setdefault(key, value)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     start = time.time()
     with lock:
@@ -90,9 +92,9 @@ def _balance(files, seconds, shards):
 
 
 def _jobs(root, argv, shards):
-    """``[(backend, label, files, expected_seconds)]``, longest first: one job per
-    backend, or ``shards`` per backend (balanced by tests/durations.json) when ``argv``
-    names no existing path (pytest's own selection)."""
+    """``[(backend, label, files, expected_seconds)]``: one job per backend, or ``shards``
+    per backend (balanced by tests/durations.json) when ``argv`` names no existing path
+    (pytest's own selection)."""
     names_paths = any(os.path.exists(os.path.join(root, a.split("::")[0]))
                       for a in argv if not a.startswith("-"))
     tests = os.path.join(root, "tests")
@@ -107,18 +109,22 @@ def _jobs(root, argv, shards):
         parts = _balance(files, seconds, min(shards, len(files)))
         jobs += [(b, f"{b} {i + 1}/{len(parts)}", fs, total if seconds else 0.0)
                  for i, (fs, total) in enumerate(parts)]
-    return sorted(jobs, key=lambda j: -j[3])
+    return jobs
 
 
-def _thread_env(jobs):
-    """OpenMP/BLAS thread counts for each test process when ``jobs`` run at once: the
-    cores split between them (unless already set). torch's OpenMP threads spin while
-    they wait, so two torch processes with a thread per core each ran 2.6x slower than
-    with one thread each (measured on 2 cores)."""
-    if jobs <= 1:
-        return {}
-    n = str(max(1, (os.cpu_count() or 1) // jobs))
-    return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+def _lanes(jobs, n):
+    """Split ``jobs`` into ``n`` lanes run one after another: shard i goes to lane
+    i mod n (an unsharded backend counts as shard 0 of its position), and lane k takes
+    the backends in their order rotated by k."""
+    order = {b: i for i, b in enumerate(dict.fromkeys(j[0] for j in jobs))}
+    lanes = [[] for _ in range(max(1, n))]
+    for position, job in enumerate(jobs):
+        backend, label = job[0], job[1]
+        shard = int(label.split(" ")[1].split("/")[0]) - 1 if " " in label else position
+        lanes[shard % len(lanes)].append(job)
+    for k, lane in enumerate(lanes):
+        lane.sort(key=lambda j: (order[j[0]] - k) % len(order))
+    return [lane for lane in lanes if lane]
 
 
 def _save_times(times_dir, path):
@@ -141,18 +147,17 @@ def main(argv):
     shards = max(1, int(os.environ.get("VISIONZOO_TEST_SHARDS", "2")))
     results, lock = {}, threading.Lock()
     times_dir = tempfile.mkdtemp(prefix="visionzoo-test-times-")
-    threads = _thread_env(jobs)
-    pending = _jobs(root, argv, shards)
-    running = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            t = threading.Thread(target=_run,
-                                 args=(pending.pop(0), argv, root, results, lock, times_dir,
-                                       threads))
-            t.start()
-            running.append(t)
-        time.sleep(0.5)
-        running = [t for t in running if t.is_alive()]
+
+    def lane(queue):
+        for job in queue:
+            _run(job, argv, root, results, lock, times_dir)
+
+    threads = [threading.Thread(target=lane, args=(queue,))
+               for queue in _lanes(_jobs(root, argv, shards), jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     if os.environ.get("VISIONZOO_TEST_TIMES_SAVE"):
         _save_times(times_dir, os.environ["VISIONZOO_TEST_TIMES_SAVE"])
     totals = {key: sum(counts[key] for _, _, counts in results.values())

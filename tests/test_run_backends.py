@@ -30,7 +30,7 @@ def test_balance_counts_unknown_files_as_the_median():
     assert sorted(len(files) for files, _ in parts) == [1, 2]
 
 
-def test_jobs_split_each_backend_and_run_the_longest_first(monkeypatch):
+def test_jobs_split_each_backend(monkeypatch):
     monkeypatch.setattr(run_backends, "BACKENDS", ["jax", "torch"])
     jobs = run_backends._jobs(str(ROOT), ["-q"], 2)
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py"))
@@ -39,8 +39,22 @@ def test_jobs_split_each_backend_and_run_the_longest_first(monkeypatch):
         assert [j[1] for j in sorted(mine, key=lambda j: j[1])] == [f"{backend} 1/2",
                                                                     f"{backend} 2/2"]
         assert sorted(f for j in mine for f in j[2]) == files
-    expected = [j[3] for j in jobs]
-    assert expected == sorted(expected, reverse=True)
+
+
+def test_lanes_never_run_two_shards_of_one_backend_together():
+    jobs = [(b, f"{b} {i}/2", [], 10.0) for b in ("jax", "tensorflow", "torch")
+            for i in (1, 2)]
+    lanes = run_backends._lanes(jobs, 2)
+    assert [[j[1] for j in lane] for lane in lanes] == [
+        ["jax 1/2", "tensorflow 1/2", "torch 1/2"],
+        ["tensorflow 2/2", "torch 2/2", "jax 2/2"]]
+    # With equal lengths, the k-th job of each lane runs at the same time.
+    for step in zip(*lanes):
+        assert len({j[0] for j in step}) == len(step)
+    unsharded = [(b, b, [], 0.0) for b in ("jax", "tensorflow", "torch")]
+    assert [[j[0] for j in lane] for lane in run_backends._lanes(unsharded, 2)] == [
+        ["jax", "torch"], ["tensorflow"]]
+    assert run_backends._lanes(unsharded, 1) == [unsharded]
 
 
 @pytest.mark.parametrize("argv", [
@@ -50,11 +64,3 @@ def test_explicit_paths_run_unsharded(monkeypatch, argv):
     monkeypatch.setattr(run_backends, "BACKENDS", ["jax", "torch"])
     assert run_backends._jobs(str(ROOT), argv, 2) == [("jax", "jax", [], 0.0),
                                                       ("torch", "torch", [], 0.0)]
-
-
-def test_parallel_processes_share_the_cores(monkeypatch):
-    assert run_backends._thread_env(1) == {}
-    monkeypatch.setattr(run_backends.os, "cpu_count", lambda: 2)
-    assert run_backends._thread_env(2)["OMP_NUM_THREADS"] == "1"
-    monkeypatch.setattr(run_backends.os, "cpu_count", lambda: 16)
-    assert set(run_backends._thread_env(4).values()) == {"4"}
