@@ -15,10 +15,11 @@ measures them again (``tests/conftest.py`` sums each file's setup, call and tear
 ``VISIONZOO_TEST_TIMES_SAVE=path`` writes the new table there, in the same format, to
 refresh the committed one.
 
-The shards run in ``VISIONZOO_TEST_JOBS`` lanes: lane i runs shard i (of every backend),
-each lane starting with a different backend, so two shards of one backend never run at
-the same time: two torch processes side by side, each with an OpenMP thread per core,
-ran the same tests 2.6x slower than with one thread each (idle OpenMP threads spin).
+The shards run in ``VISIONZOO_TEST_JOBS`` lanes: lane i runs shard i of every backend, and
+each lane starts with a different backend, so with balanced shards (and more than one
+backend) two shards of one backend do not run side by side: two torch processes side by
+side, each with an OpenMP thread per core, ran the same tests 2.6x slower than with one
+thread each (idle OpenMP threads spin). With one backend, its shards share the lanes.
 
 Every output line is prefixed with its backend (and shard). The run fails if any shard
 fails or a backend collects no tests in any shard (pytest exit code 5). The last line is
@@ -28,6 +29,7 @@ the combined count: "N passed, N failed, N skipped".
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -119,7 +121,7 @@ def _lanes(jobs, n):
     order = {b: i for i, b in enumerate(dict.fromkeys(j[0] for j in jobs))}
     lanes = [[] for _ in range(max(1, n))]
     for position, job in enumerate(jobs):
-        backend, label = job[0], job[1]
+        label = job[1]
         shard = int(label.split(" ")[1].split("/")[0]) - 1 if " " in label else position
         lanes[shard % len(lanes)].append(job)
     for k, lane in enumerate(lanes):
@@ -131,7 +133,7 @@ def _save_times(times_dir, path):
     """Merge the shards' per-file seconds into ``{backend: {file: seconds}}`` at ``path``."""
     table = {}
     for name in sorted(os.listdir(times_dir)):
-        backend = name.split(" ")[0]
+        backend = name[:-len(".json")].split(" ")[0]  # "jax 1-2.json" or "jax.json"
         with open(os.path.join(times_dir, name)) as f:
             table.setdefault(backend, {}).update(json.load(f))
     table = {b: dict(sorted(t.items())) for b, t in sorted(table.items())}
@@ -160,6 +162,7 @@ def main(argv):
         t.join()
     if os.environ.get("VISIONZOO_TEST_TIMES_SAVE"):
         _save_times(times_dir, os.environ["VISIONZOO_TEST_TIMES_SAVE"])
+    shutil.rmtree(times_dir, ignore_errors=True)
     totals = {key: sum(counts[key] for _, _, counts in results.values())
               for key, _ in PATTERNS}
     failed_backends = []

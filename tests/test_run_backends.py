@@ -64,3 +64,16 @@ def test_explicit_paths_run_unsharded(monkeypatch, argv):
     monkeypatch.setattr(run_backends, "BACKENDS", ["jax", "torch"])
     assert run_backends._jobs(str(ROOT), argv, 2) == [("jax", "jax", [], 0.0),
                                                       ("torch", "torch", [], 0.0)]
+
+
+def test_saved_times_merge_shards_and_unsharded_runs(tmp_path):
+    import json
+
+    (tmp_path / "jax 1-2.json").write_text(json.dumps({"tests/test_a.py": 2.0}))
+    (tmp_path / "jax 2-2.json").write_text(json.dumps({"tests/test_b.py": 3.0}))
+    (tmp_path / "torch.json").write_text(json.dumps({"tests/test_a.py": 1.5}))
+    out = tmp_path / "table.json"
+    run_backends._save_times(str(tmp_path), str(out))
+    assert json.loads(out.read_text()) == {
+        "jax": {"tests/test_a.py": 2.0, "tests/test_b.py": 3.0},
+        "torch": {"tests/test_a.py": 1.5}}
