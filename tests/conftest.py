@@ -53,12 +53,12 @@ def only_on_full_backend(what="full-size variants are checked"):
         pytest.skip(f"{what} on the {FULL_BACKEND} backend")
 
 
-def assert_timm_parity(name):
+def assert_timm_parity(name, batch=2):
     """``visionzoo verify timm:<name>`` passes (every reference tensor randomised)."""
     requires_timm()
     from visionzoo.weights.verify import verify
 
-    result = verify(f"timm:{name}", verbose=False)
+    result = verify(f"timm:{name}", verbose=False, batch=batch)
     assert result.ok, result.table()
     return result
 
@@ -102,6 +102,15 @@ def check_save_load_and_fit(model, tmp_path, side, num_classes=3, learning_rate=
 def requires_timm():
     if timm is None:
         pytest.skip("timm is not installed (pip install -e '.[test]')")
+
+
+def timm_param_count(name, **kwargs):
+    """Parameters of ``timm.create_model(name, **kwargs)``, built on the meta device
+    (shapes only: no memory, no initialisation, ~5x quicker for the large variants)."""
+    requires_timm()
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,8 @@ from visionzoo.backbones import metaformer
 from visionzoo.registry import get_variant, list_models
 from visionzoo.weights.verify import verify
 
-from conftest import BACKEND, parity_fixture, published_count_ok, requires_timm
+from conftest import (BACKEND, parity_fixture, published_count_ok, requires_timm,
+                      timm_param_count)
 
 FIXTURES = ["poolformer_v1_mini", "identityformer_mini", "randformer_mini", "poolformerv2_mini"]
 SMALLEST = ["poolformerv2_s12", "convformer_s18", "caformer_s18"]
@@ -46,9 +47,46 @@ def test_timm_parity_every_variant(name):
     if BACKEND != FULL_PARITY_BACKEND:
         pytest.skip(f"full-size variants are checked on the {FULL_PARITY_BACKEND} backend")
     requires_timm()
-    result = verify(f"timm:{name}", size=(64, 64), verbose=False)
+    # One image: batch 2 is checked on the smallest variants, on every backend.
+    result = verify(f"timm:{name}", size=(64, 64), verbose=False, batch=1)
     print(result.table())
     assert result.ok, result.table()
+
+
+def test_verify_cli_batch_option(capsys):
+    """``visionzoo verify timm:... --batch 1`` checks one image (the full-size variants'
+    tests use that); a batch below one is refused before anything is built."""
+    requires_timm()
+    from visionzoo.cli import main
+
+    assert main(["verify", "timm:poolformerv2_s12", "--size", "64", "80", "--batch", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "(1, 1000)" in table and table.rstrip().endswith("PASS"), table
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        verify("timm:poolformerv2_s12", batch=0, verbose=False)
+
+
+def test_timm_reference_subprocess_batch(tmp_path):
+    """The torch-only child process ``verify`` uses when TensorFlow was imported first
+    gives the in-process reference exactly, for the requested batch and size."""
+    if BACKEND != FULL_PARITY_BACKEND:
+        pytest.skip(f"backend-independent (torch side only); run on {FULL_PARITY_BACKEND}")
+    requires_timm()
+    import subprocess
+    import sys
+
+    from visionzoo.weights.timm_reference import reference
+
+    out = tmp_path / "ref.npz"
+    subprocess.run([sys.executable, "-m", "visionzoo.weights.timm_reference",
+                    "poolformerv2_s12", str(out), "--size", "64", "48", "--batch", "3",
+                    "--seed", "5"], check=True, timeout=300)
+    x, y, state, _ = reference("poolformerv2_s12", (64, 48), seed=5, batch=3)
+    with np.load(out) as data:
+        assert data["input"].shape == (3, 3, 64, 48)
+        np.testing.assert_array_equal(data["input"], x)
+        np.testing.assert_array_equal(data["output"], y)
+        assert sorted(k[6:] for k in data.files if k.startswith("param/")) == sorted(state)
 
 
 def test_timm_v1_is_refused_with_reason():
@@ -77,11 +115,7 @@ def test_parameter_counts_match_published_and_timm(name):
         assert published_count_ok(trainable, published), (trainable, published)
     timm_name = v.timm or (name if name.startswith("poolformer_") else None)
     if timm_name:
-        requires_timm()
-        import timm
-
-        ref = timm.create_model(timm_name, pretrained=False)
-        assert trainable == sum(p.numel() for p in ref.parameters())
+        assert trainable == timm_param_count(timm_name)
     # Multiply-accumulates at the default size agree with the published GFLOPs, printed
     # with one decimal; the papers' counters differ by up to 0.1 G on element-wise ops
     # (PoolFormer-M48: 11.6 published for v1, 11.5 for the same MACs in v2).

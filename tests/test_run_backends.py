@@ -77,3 +77,31 @@ def test_saved_times_merge_shards_and_unsharded_runs(tmp_path):
     assert json.loads(out.read_text()) == {
         "jax": {"tests/test_a.py": 2.0, "tests/test_b.py": 3.0},
         "torch": {"tests/test_a.py": 1.5}}
+
+
+def test_each_process_gets_passive_openmp_waiting(monkeypatch, tmp_path):
+    """Idle OpenMP threads must not spin on the other lane's core; a user's own setting
+    is kept."""
+    import threading
+
+    seen = []
+
+    class FakeProcess:
+        def __init__(self, cmd, cwd, env, **kwargs):
+            seen.append(env)
+            self.stdout = iter(["3 passed, 1 skipped in 0.1s\n"])
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(run_backends.subprocess, "Popen", FakeProcess)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    results = {}
+    job = ("torch", "torch 1/2", ["tests/test_a.py"], 0)
+    run_backends._run(job, [], str(ROOT), results, threading.Lock(), str(tmp_path))
+    assert seen[-1]["OMP_WAIT_POLICY"] == "PASSIVE" and seen[-1]["KERAS_BACKEND"] == "torch"
+    assert results["torch 1/2"] == ("torch", 0, {"passed": 3, "failed": 0, "skipped": 1,
+                                                 "errors": 0})
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    run_backends._run(job, [], str(ROOT), results, threading.Lock(), str(tmp_path))
+    assert seen[-1]["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -16,7 +16,7 @@ from visionzoo.weights.convert import CheckpointMismatchError, model_targets
 from visionzoo.weights.verify import verify
 
 from conftest import (BACKEND, assert_timm_parity, check_save_load_and_fit,
-                     only_on_full_backend, requires_timm)
+                     only_on_full_backend, requires_timm, timm_param_count)
 
 MINI = dict(embed_dim=(16, 24, 32), depth=(1, 2, 1), partial_dim=(8, 8, 12),
             qk_dim=(4, 4, 4), types=("i", "s", "s"))
@@ -54,7 +54,7 @@ def test_timm_parity_s1_every_backend():
 @pytest.mark.parametrize("name", ["shvit_s2", "shvit_s3", "shvit_s4"])
 def test_timm_parity_every_variant(name):
     only_on_full_backend()
-    assert_timm_parity(name)
+    assert_timm_parity(name, batch=1)  # batch 2 is checked on the smallest variants
 
 
 @pytest.mark.slow
@@ -62,11 +62,9 @@ def test_timm_parity_every_variant(name):
 def test_parameter_counts_and_gmacs(name):
     only_on_full_backend("parameter counts are backend-independent; checked")
     requires_timm()
-    import timm
-
     v = get_variant(name)
     info = visionzoo.model_info(name)
-    assert info["params"] == sum(p.numel() for p in timm.create_model(name).parameters())
+    assert info["params"] == timm_param_count(name)
     # The README truncates to 0.1M (11.48M prints as 11.4M, 16.59M as 16.5M).
     assert int(info["params"] / 1e5) / 10 == float(v.published["params_m"]), info["params"]
     assert abs(info["gmacs"] - v.published["gmacs"]) <= 0.01 * v.published["gmacs"], info

@@ -2,7 +2,7 @@
 
     visionzoo list [PATTERN]
     visionzoo info NAME
-    visionzoo verify TARGET [--size H W] [--seed N]
+    visionzoo verify TARGET [--size H W] [--seed N] [--batch N]
     visionzoo export NAME --format tflite [--quantize fp16|dynamic|int8] [--input-size H W]
                      [--batch-size N]
     visionzoo demo [--epochs N] [--out DIR]
@@ -39,7 +39,8 @@ def _cmd_info(args):
 def _cmd_verify(args):
     from visionzoo.weights.verify import verify
 
-    result = verify(args.target, size=tuple(args.size) if args.size else None, seed=args.seed)
+    result = verify(args.target, size=tuple(args.size) if args.size else None, seed=args.seed,
+                    batch=args.batch)
     return 0 if result.ok else 1
 
 
@@ -195,6 +196,7 @@ def build_parser():
     s.add_argument("target", help="timm:<model> or a fixture .npz")
     s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch", type=int, default=2, help="images in the random input (timm:)")
     s.set_defaults(func=_cmd_verify)
 
     s = sub.add_parser("export", help="export a model to TFLite (builtin ops only)")

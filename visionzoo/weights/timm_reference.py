@@ -4,7 +4,7 @@ Runs in the torch world only (no Keras/TensorFlow import), so it can be called i
 subprocess from a TensorFlow-backend process: with TF 2.21 + torchvision 0.29,
 importing TensorFlow before torchvision crashes the interpreter.
 
-    python -m visionzoo.weights.timm_reference MODEL OUT.npz [--size H W] [--seed S]
+    python -m visionzoo.weights.timm_reference MODEL OUT.npz [--size H W] [--seed S] [--batch N]
 
 The ``.npz`` holds ``input`` (NCHW), ``output`` and ``param/<state_dict key>``.
 """
@@ -77,8 +77,9 @@ def main(argv=None):
     p.add_argument("out")
     p.add_argument("--size", nargs=2, type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=2)
     args = p.parse_args(argv)
-    x, y, state, _ = reference(args.model, args.size, args.seed)
+    x, y, state, _ = reference(args.model, args.size, args.seed, batch=args.batch)
     np.savez(args.out, input=x, output=y, **{f"param/{k}": v for k, v in state.items()})
 
 

@@ -74,18 +74,18 @@ def _row(name, ours, ref, tol=None):
     return Row(name, ref.shape, max_abs, ref_max, REL_TOL * ref_max if tol is None else tol)
 
 
-def _timm_reference(name, size, seed):
+def _timm_reference(name, size, seed, batch):
     """Run the torch side in-process when that is safe, else in a subprocess."""
     safe = "torchvision" in sys.modules or "tensorflow" not in sys.modules
     if safe:
         from visionzoo.weights.timm_reference import reference
 
-        x, y, state, _ = reference(name, size, seed)
+        x, y, state, _ = reference(name, size, seed, batch=batch)
         return x, y, state
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ref.npz")
         cmd = [sys.executable, "-m", "visionzoo.weights.timm_reference", name, out,
-               "--seed", str(seed)]
+               "--seed", str(seed), "--batch", str(batch)]
         if size:
             cmd += ["--size", str(size[0]), str(size[1])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -97,7 +97,7 @@ def _timm_reference(name, size, seed):
     return x, y, state
 
 
-def verify_timm(name, size=None, seed=0):
+def verify_timm(name, size=None, seed=0, batch=2):
     import keras
 
     from visionzoo.registry import get_variant, list_models
@@ -112,7 +112,7 @@ def verify_timm(name, size=None, seed=0):
             + getattr(v.module, "TIMM_NOTES", {}).get(v.name, "timm does not provide it."))
     ours = base if base in matches else matches[0]
     variant = get_variant(ours)
-    x, y, state = _timm_reference(base, size, seed)
+    x, y, state = _timm_reference(base, size, seed, batch)
     overrides = getattr(variant.module, "timm_overrides", lambda c: {})(variant.config)
     model = variant.module.build(dict(variant.config, **overrides),
                                  input_shape=(x.shape[2], x.shape[3], x.shape[1]),
@@ -181,10 +181,16 @@ def verify_fixture(path):
     return VerifyResult(os.path.basename(path), keras.backend.backend(), rows)
 
 
-def verify(target, size=None, seed=0, verbose=True):
-    """Check one target; returns a :class:`VerifyResult` (``.ok``, ``.table()``)."""
+def verify(target, size=None, seed=0, verbose=True, batch=2):
+    """Check one target; returns a :class:`VerifyResult` (``.ok``, ``.table()``).
+
+    ``size`` (H, W) and ``batch`` set the random input of a ``timm:`` target (default:
+    the model's own input size, two images); a fixture brings its own input.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}.")
     if target.startswith("timm:"):
-        result = verify_timm(target[len("timm:"):], size=size, seed=seed)
+        result = verify_timm(target[len("timm:"):], size=size, seed=seed, batch=batch)
     elif target.endswith(".npz"):
         if not os.path.exists(target):
             raise FileNotFoundError(f"No fixture at {target!r}.")
