@@ -9,7 +9,7 @@ import pytest
 import keras
 
 from visionzoo.layers.dtcwt import (BIORTHOGONAL_FILTERS, DTCWTForward, DTCWTInverse,
-                                    symmetric_indices)
+                                    filter_matrix, symmetric_indices)
 
 from conftest import BACKEND, parity_fixture
 
@@ -43,6 +43,21 @@ def test_symmetric_indices_match_numpy_pad():
         x = np.arange(length)
         np.testing.assert_array_equal(x[symmetric_indices(length, pad)],
                                       np.pad(x, pad, mode="symmetric"))
+
+
+def test_filter_matrix_is_symmetric_extension_then_convolution():
+    # The JAX/torch form of each 1-D filtering: one (L, L) matrix holding the extension
+    # and the taps; lengths shorter than the extension reflect again.
+    rng = np.random.default_rng(0)
+    for name, taps in BIORTHOGONAL_FILTERS["near_sym_b"].items():
+        for length in (56, 28, 9, 4, 1):
+            x = rng.standard_normal(length)
+            pad = len(taps) // 2
+            expected = np.convolve(np.pad(x, pad, mode="symmetric"), taps, mode="valid")
+            matrix = filter_matrix(taps, length)
+            assert matrix.shape == (length, length) and matrix.dtype == np.float32
+            np.testing.assert_allclose(matrix.astype(np.float64) @ x, expected,
+                                       atol=1e-6, err_msg=f"{name}, length {length}")
 
 
 def test_filters_equal_pytorch_wavelets():
