@@ -105,13 +105,17 @@ class ScatterChannelMixing(keras.layers.Layer):
         real = ops.reshape(real, (-1, int(np.prod(bands)), c))
         imag = ops.reshape(imag, (-1, int(np.prod(bands)), c))
         w1, w2 = self.complex_weight_lh_1, self.complex_weight_lh_2
-        b1 = ops.reshape(self.complex_weight_lh_b1, (2, c))
-        b2 = ops.reshape(self.complex_weight_lh_b2, (2, c))
+        b1 = ops.reshape(self.complex_weight_lh_b1, (1, 2 * c))  # [real | imag]
+        b2 = ops.reshape(self.complex_weight_lh_b2, (1, 2 * c))
         w1r, w1i, w2r, w2i = (_block_diagonal(w) for w in (w1[0], w1[1], w2[0], w2[1]))
-        r1 = ops.relu(ops.matmul(real, w1r) - ops.matmul(imag, w1i) + b1[0])
-        i1 = ops.relu(ops.matmul(real, w1i) + ops.matmul(imag, w1r) + b1[1])
-        r2 = ops.matmul(r1, w2r) - ops.matmul(i1, w2i) + b2[0]
-        i2 = ops.matmul(r1, w2i) + ops.matmul(i1, w2r) + b2[1]
+        # Complex products as real ones on [real | imag] halves:
+        # (r + i j)(wr + wi j) = (r wr - i wi) + (r wi + i wr) j.
+        hidden = ops.relu(ops.matmul(real, ops.concatenate([w1r, w1i], axis=1))
+                          + ops.matmul(imag, ops.concatenate([-w1i, w1r], axis=1)) + b1)
+        second = ops.concatenate([ops.concatenate([w2r, w2i], axis=1),
+                                  ops.concatenate([-w2i, w2r], axis=1)], axis=0)
+        out = ops.matmul(hidden, second) + b2
+        r2, i2 = out[..., :c], out[..., c:]
         shape = (-1,) + tuple(bands) + (c,)
         return self.ifm([low, ops.reshape(r2, shape), ops.reshape(i2, shape)])
 
