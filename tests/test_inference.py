@@ -63,6 +63,28 @@ def test_sees_new_weights_and_trainability(model):
     np.testing.assert_allclose(model.predict_on_batch(x), before, rtol=0, atol=0)
 
 
+def test_current_values_are_keras_values_in_and_out_of_scopes(model):
+    # Read from storage outside scopes; inside a stateless or autocast scope, Keras'
+    # ``value`` (the scope's value / the cast) -- each case must equal ``v.value``.
+    from keras.src.backend.common.variables import AutocastScope
+
+    variables = model.variables
+    plain = inference._current_values(variables)
+    assert all(a is b.value for a, b in zip(plain, variables))
+    kernel = model.get_layer("head-l").kernel
+    replaced = keras.ops.ones(kernel.shape)
+    with keras.StatelessScope(state_mapping=[(kernel, replaced)]):
+        scoped = inference._current_values(variables)
+        expected = [v.value for v in variables]
+    index = next(i for i, v in enumerate(variables) if v is kernel)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(scoped[index]), 1.0)
+    assert all(np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+               for a, b in zip(scoped, expected))
+    with AutocastScope("float16"):
+        cast = inference._current_values(variables)
+    assert keras.backend.standardize_dtype(cast[index].dtype) == "float16"
+
+
 def test_multi_input_model():
     dit = visionzoo.create_model("dit_s_2", input_size=8, num_classes=10)
     from visionzoo.export import example_inputs

@@ -79,8 +79,23 @@ def predict_on_batch(model, x):
     if not _applies(model):
         return None
     variables = model.variables
-    outputs = _run(model, variables, [v.value for v in variables], x)
+    outputs = _run(model, variables, _current_values(variables), x)
     return keras.tree.map_structure(np.array, outputs)
+
+
+def _current_values(variables):
+    """``[v.value for v in variables]``, read from each variable's own storage when no
+    stateless or autocast scope is active (``value`` then returns exactly that storage;
+    reading it directly is ~10x cheaper: shvit_s1's 397 variables 0.28 -> 0.03 ms)."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+    from keras.src.backend.common.variables import get_autocast_scope
+
+    if in_stateless_scope() or get_autocast_scope() is not None:
+        return [v.value for v in variables]
+    values = [v._value for v in variables]
+    if any(value is None for value in values):  # not initialised: Keras' placeholder
+        return [v.value for v in variables]
+    return values
 
 
 class fast_predict:
