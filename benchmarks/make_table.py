@@ -148,6 +148,31 @@ class Results:
                             threads=threads)
         return ours / theirs if ours and theirs else None
 
+    def fc_peak(self, threads, like=None):
+        """The best ``tflite_gemm`` GFLOP/s (XNNPACK, one FULLY_CONNECTED op) at
+        ``threads``: from the run of row ``like`` when it measured one, else from any run
+        on ``like``'s machine (any run without ``like``); None if never measured."""
+        rows = [r for r in self.rows if r["measurement"] == "tflite_gemm"
+                and r["value"] is not None and r["threads"] not in (None, "")
+                and int(r["threads"]) == threads]
+        if like is not None:
+            same_run = [r for r in rows if r.get("run_id") == like.get("run_id")]
+            rows = same_run or [r for r in rows if r.get("cpu") == like.get("cpu")]
+        values = [_num(r["value"]) for r in rows]
+        return max(values) if values else None
+
+    def tflite_rate(self, model, threads, impl="visionzoo"):
+        """``(GFLOP/s, share of fc_peak)`` of ``model``'s fp32 TFLite file at ``threads``
+        (2 x GMACs per call; the share is None without a fully-connected rate)."""
+        r = self.row(model, "tflite_latency", impl, "fp32", threads=threads)
+        gmacs = self.fact(model, "gmacs")
+        ms = _num(r["value"]) if r else None
+        if not ms or not gmacs:
+            return None, None
+        rate = 2e3 * gmacs / ms
+        peak = self.fc_peak(threads, r)
+        return rate, (rate / peak if peak else None)
+
     def best_sgemm(self, run_id):
         """The best sgemm GFLOP/s measured in run ``run_id`` (start or end), or None."""
         values = [_num(r["value"]) for r in self.rows if r["measurement"] == "sgemm"
@@ -305,6 +330,9 @@ def _tflite_table(res):
             ratio = res.tflite_ratio(m, t)
             cells.append(_fmt(ratio, 2, "×") + ("" if ratio is None or ratio <= TFLITE_TARGET
                                                 else " ✗"))
+        for t in res.threads:
+            rate, share = res.tflite_rate(m, t)
+            cells.append(_fmt(rate, 0) + ("" if share is None else f" ({100 * share:.0f} %)"))
         cells += [_fmt(res.value(m, "tflite_latency", "visionzoo", "int8", threads=t))
                   for t in res.threads]
         cells += [_mib(res.value(m, "tflite_size", "visionzoo", mode=q))
@@ -314,6 +342,7 @@ def _tflite_table(res):
     header = (["model"] + [f"ours {t}T ms" for t in res.threads]
               + [f"litert-torch {t}T ms" for t in res.threads]
               + [f"ours / litert-torch {t}T" for t in res.threads]
+              + [f"ours {t}T GFLOP/s (% of FC peak)" for t in res.threads]
               + [f"ours int8 {t}T ms" for t in res.threads]
               + ["ours fp32 MiB", "ours fp16 MiB", "ours int8 MiB", "litert-torch MiB"])
     return _table(header, body, "l" + "r" * (len(header) - 1))
@@ -393,6 +422,33 @@ def _gemm_table(res):
     return lines
 
 
+def _fc_table(res):
+    """XNNPACK's fully-connected rate per product shape and thread count."""
+    cells = {}
+    for r in res.cells.values():
+        if r["measurement"] == "tflite_gemm" and r["value"] is not None:
+            cells[(r["mode"], int(r["threads"]))] = r
+    if not cells:
+        return []
+    threads = sorted({t for _, t in cells})
+    modes = list(dict.fromkeys(mode for mode, _ in cells))
+    body = []
+    for mode in modes:
+        any_row = next(cells[(mode, t)] for t in threads if (mode, t) in cells)
+        body.append([(any_row["note"] or "").split(";")[0], mode.replace("x", "×")]
+                    + [_fmt(cells[(mode, t)]["value"] if (mode, t) in cells else None, 0)
+                       for t in threads])
+    lines = _table(["product", "M×K×N"] + [f"XNNPACK {t}T GFLOP/s" for t in threads],
+                   body, "ll" + "r" * len(threads))
+    lines += ["", "One fp32 `FULLY_CONNECTED` op (`x @ w + b`, constant weights) timed in "
+              "ai-edge-litert with XNNPACK, batch 1, in the same run as the model files: the "
+              "rate a TFLite file's products get, whoever wrote the file. The table's "
+              "\"% of FC peak\" is a file's GFLOP/s (2 × GMACs per call) over the best of "
+              "these rates at that thread count; a file near 100 % runs its model's FLOPs "
+              "about as fast as this runtime multiplies matrices."]
+    return lines
+
+
 def _targets(res):
     lines = []
     misses = []
@@ -431,17 +487,33 @@ def _targets(res):
     for m in res.models:
         for t in res.threads:
             ratio = res.tflite_ratio(m, t)
-            if ratio is not None and ratio > TFLITE_TARGET:
-                slow.append(f"{m} ({t}T: {ratio:.2f}×)")
-    lines.append(f"- TFLite latency above {TFLITE_TARGET}× litert-torch's: "
-                 + (", ".join(slow) if slow else "none") + ".")
+            if ratio is None or ratio <= TFLITE_TARGET:
+                continue
+            theirs = res.value(m, "tflite_latency", "litert-torch", "fp32", threads=t)
+            gmacs = res.fact(m, "gmacs")
+            peak = res.fc_peak(t, res.row(m, "tflite_latency", "visionzoo", "fp32",
+                                          threads=t))
+            need = ""
+            if gmacs and theirs:
+                ms = TFLITE_TARGET * theirs
+                rate = 2e3 * gmacs / ms
+                need = f"; {TFLITE_TARGET}× would be {ms:.1f} ms = {rate:.0f} GFLOP/s"
+                if peak:
+                    _, share = res.tflite_rate(m, t)
+                    need += (f" = {100 * rate / peak:.0f} % of XNNPACK's best "
+                             f"fully-connected rate at {t}T ({peak:.0f}); ours runs at "
+                             f"{100 * share:.0f} %")
+            slow.append(f"  - {m}, {t}T: {ratio:.2f}×{need}")
+    lines.append(f"- TFLite latency above {TFLITE_TARGET}× litert-torch's:"
+                 + ("" if slow else " none."))
+    lines += slow
     return lines
 
 
 def _failures(res):
     lines = []
     for r in res.cells.values():
-        if r["value"] is None and r["measurement"] not in ("sgemm", "gemm"):
+        if r["value"] is None and r["measurement"] not in ("sgemm", "gemm", "tflite_gemm"):
             what = " ".join(str(x) for x in (r["measurement"], r["impl"], r["mode"],
                                              f"b{r['batch']}" if r["batch"] else None,
                                              f"{r['threads']}T" if r["threads"] else None)
@@ -478,6 +550,9 @@ def markdown(rows, sources):
                   "timm's model (fixed batch 1) "
                   "converted by `litert_torch.convert` (zero-initialised tensors re-drawn "
                   "first, so no branch is folded away)."]
+        fc = _fc_table(res)
+        if fc:
+            lines += ["", "## XNNPACK fully-connected rate on the models' shapes", ""] + fc
         dynamic = _dynamic_table(res)
         if dynamic:
             lines += ["", "## TFLite dynamic-range int8 (int8 weights, float32 activations; "

@@ -28,7 +28,11 @@ another so that nothing competes for the cores, a child process per stage:
 3. ``timm``: the same architecture in timm, eager and ``torch.compile`` (inductor,
    capped by ``--compile-timeout``), each in its own child by
    :func:`visionzoo.bench.time_timm` (torch never shares a process with TensorFlow).
-4. ``tflite`` (TensorFlow backend): ``visionzoo.export.to_tflite`` of each model with a
+4. ``tflite`` (TensorFlow backend): first XNNPACK's own rate on one fp32
+   ``FULLY_CONNECTED`` op of each :data:`GEMM_SHAPES` shape at batch 1 (measurement
+   ``tflite_gemm``, GFLOP/s per thread count): a file whose time is mostly such products
+   cannot run faster than that rate allows, whoever converted it. Then
+   ``visionzoo.export.to_tflite`` of each model with a
    fixed batch of 1 (``batch_size=1``, as litert-torch's files have) in fp32
    (parity-checked), fp16, dynamic (int8 weights, float activations) and int8
    (calibrated on a few random images: for the size only); file sizes, and the fp32,
@@ -54,13 +58,13 @@ fails gets a row with an empty value and the reason in ``note``.
 CSV columns (:data:`FIELDS`), one row per model x measurement:
 
 - ``measurement``: ``throughput`` (img/s), ``tflite_latency`` (ms), ``tflite_size``
-  (bytes), ``sgemm`` and ``gemm`` (GFLOP/s, no model; ``gemm``'s ``mode`` is
-  ``MxKxN``), ``params`` (count), ``gmacs`` (GMAC at
+  (bytes), ``sgemm``, ``gemm`` and ``tflite_gemm`` (GFLOP/s, no model; ``gemm``'s and
+  ``tflite_gemm``'s ``mode`` is ``MxKxN``), ``params`` (count), ``gmacs`` (GMAC at
   ``size``), ``top1_published`` (%);
 - ``impl``: ``jax``/``tensorflow``/``torch`` (ours), ``torch-compile`` (ours on torch
   with ``jit_compile=True``), ``timm``, ``visionzoo`` or
   ``litert-torch`` (TFLite files), ``numpy``/``torch`` (sgemm), ``jax``/``torch``
-  (gemm), ``registry``;
+  (gemm), ``xnnpack`` (tflite_gemm), ``registry``;
 - ``mode``: how it ran (``jit``, ``tf.function``, ``torch.export`` (earlier runs:
   ``eager``), ``torch.export+torch.compile``, ``eager``/``torch.compile`` (timm),
   ``fp32``/``fp16``/``dynamic``/``int8`` for TFLite files);
@@ -400,13 +404,61 @@ def _time_interpreter(path, threads, repeats, warmup, x=None):
             "p75": bench._percentile(ms, 75), "first_call_s": first}
 
 
+def tflite_fc_file(m, k, n, path, seed=0):
+    """Write a TFLite file holding one fp32 FULLY_CONNECTED op: ``x (m, k) @ w + b`` with
+    constant random ``w (k, n)`` and ``b`` (TensorFlow backend: uses ``tf.lite``)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    w = tf.constant(rng.standard_normal((k, n), dtype=np.float32))
+    b = tf.constant(rng.standard_normal((n,), dtype=np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec((m, k), tf.float32)])
+    def fc(x):
+        return tf.matmul(x, w) + b
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [fc.get_concrete_function()], fc)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    with open(path, "wb") as f:
+        f.write(converter.convert())
+    return path
+
+
+def stage_tflite_gemm(args, out, tmp):
+    """XNNPACK's fully-connected rate (GFLOP/s) on the token-MLP shapes at batch 1, per
+    thread count: the ceiling of a TFLite file whose time is mostly such products (ours
+    and litert-torch's alike)."""
+    for role, m, k, n in GEMM_SHAPES:
+        for threads in args.tflite_threads:
+            row = make_row(measurement="tflite_gemm", impl="xnnpack", mode=f"{m}x{k}x{n}",
+                           batch=1, threads=threads, repeats=max(args.repeats, 10),
+                           unit="GFLOP/s", note=f"{role}; one FULLY_CONNECTED op")
+            try:
+                path = os.path.join(tmp, f"fc_{m}x{k}x{n}.tflite")
+                if not os.path.exists(path):
+                    tflite_fc_file(m, k, n, path)
+                ms = _time_interpreter(path, threads, max(args.repeats, 10), args.warmup)
+                flops = 2.0 * m * k * n
+                # GFLOP/s from the median/quartile times (the fastest call = p75 rate).
+                row.update(value=flops / ms["value"] / 1e6, p25=flops / ms["p75"] / 1e6,
+                           p75=flops / ms["p25"] / 1e6)
+            except Exception as e:  # noqa: BLE001 (record, keep going)
+                row.update(note=f"failed: {e!r}"[:300])
+            _append_jsonl(out, row)
+
+
 def stage_tflite(args, out):
-    """Our TFLite exports: sizes (fp32/fp16/dynamic/int8) and fp32, dynamic and int8
-    latency (1, 2 threads)."""
+    """XNNPACK's fully-connected rate on the models' product shapes, then our TFLite
+    exports: sizes (fp32/fp16/dynamic/int8) and fp32, dynamic and int8 latency (1, 2
+    threads)."""
     from visionzoo.export import example_inputs, to_tflite
     from visionzoo.registry import create_model, get_variant
 
     with tempfile.TemporaryDirectory() as tmp:
+        _log("XNNPACK fully-connected rate on the models' product shapes")
+        stage_tflite_gemm(args, out, tmp)
         for name in args.models:
             v = get_variant(name)
             common = dict(model=name, timm_model=v.timm, impl="visionzoo",
@@ -646,6 +698,14 @@ def summarize(rows):
     if sg:
         lines.append("sgemm GFLOP/s: " + ", ".join(
             f"{r['impl']} {float(r['value']):.1f} (load {r['load1']})" for r in sg))
+    fc_peak = {}
+    for r in rows:
+        if r["measurement"] == "tflite_gemm" and val(r):
+            t = int(r["threads"])
+            fc_peak[t] = max(fc_peak.get(t, 0.0), val(r))
+    if fc_peak:
+        lines.append("XNNPACK best fully-connected GFLOP/s: " + ", ".join(
+            f"{t}T {v:.1f}" for t, v in sorted(fc_peak.items())))
     lines.append("model / batch: best ours (backend) | timm eager | timm compile | "
                  "ratio vs best timm (target >= 1.25) | sgemm fraction")
     models = list(dict.fromkeys(r["model"] for r in rows if r["model"]))
@@ -668,12 +728,18 @@ def summarize(rows):
         lat = {(r["impl"], r["threads"]): val(r) for r in rows
                if r["model"] == name and r["measurement"] == "tflite_latency"
                and r["mode"] == "fp32"}
+        gmacs = next((val(r) for r in rows if r["model"] == name
+                      and r["measurement"] == "gmacs" and val(r)), None)
         for threads in sorted({t for _, t in lat if t}, key=int):
             ours, theirs = lat.get(("visionzoo", threads)), lat.get(("litert-torch", threads))
             if ours:
+                peak = fc_peak.get(int(threads))
+                rate = (f"; ours {2e3 * gmacs / ours:.0f} GFLOP/s"
+                        + (f" = {100 * 2e3 * gmacs / ours / peak:.0f} % of XNNPACK's best "
+                           "FC rate" if peak else "") if gmacs else "")
                 lines.append(f"  {name} TFLite {threads}T: ours {ours:.1f} ms, litert-torch "
                              f"{_f(theirs)} ms" + (f", ratio {ours / theirs:.2f} (target "
-                                                   "<= 0.8)" if theirs else ""))
+                                                   "<= 0.8)" if theirs else "") + rate)
     return "\n".join(lines)
 
 

@@ -198,6 +198,16 @@ def _synthetic_rows(suite):
           unit="GFLOP/s", note="stage 3 MLP fc1; MKL (torch.nn.functional.linear)"),
         r(measurement="gemm", impl="jax", mode="392x512x2048", batch=8,
           unit="GFLOP/s", note="failed: RuntimeError('gemm boom')"),
+        r(model="alpha_s", timm_model="alpha_s", measurement="tflite_latency",
+          impl="litert-torch", mode="fp32", batch=1, threads=1, value=9.0, unit="ms"),
+        r(measurement="tflite_gemm", impl="xnnpack", mode="196x320x1280", batch=1,
+          threads=1, value=400.0, unit="GFLOP/s",
+          note="stage 3 MLP fc1; one FULLY_CONNECTED op"),
+        r(measurement="tflite_gemm", impl="xnnpack", mode="49x512x2048", batch=1,
+          threads=1, value=350.0, unit="GFLOP/s",
+          note="stage 4 MLP fc1; one FULLY_CONNECTED op"),
+        r(measurement="tflite_gemm", impl="xnnpack", mode="3136x64x256", batch=1,
+          threads=1, unit="GFLOP/s", note="failed: RuntimeError('fc boom')"),
     ]
 
 
@@ -237,10 +247,22 @@ def test_make_table_from_synthetic_csv(tmp_path, suite_modules):
             f"{100 * 2 * 1.5 * need / 100:.0f} % of sgemm (timm's best mode runs at "
             f"{100 * 2 * 1.5 * 111.1 / 100:.0f} %)") in text
     assert "at batch 1 (target ≥ 50 % for matmul-bound models): alpha_s " in text
-    # TFLite: fp32 latency in the ours/litert-torch columns, int8 in its own column.
+    # TFLite: fp32 latency in the ours/litert-torch columns, the file's GFLOP/s (2 x 1.5
+    # GMAC / 8.8 ms) and its share of XNNPACK's best fully-connected rate (400), int8.
     tfl = next(x for x in text.splitlines() if x.startswith("| alpha_s | 8.8"))
     tcells = [c.strip() for c in tfl.strip("|").split("|")]
-    assert tcells[1:5] == ["8.8", "—", "—", "2.4"], tcells
+    rate = 2e3 * 1.5 / 8.8
+    assert tcells[1:6] == ["8.8", "9.0", f"{8.8 / 9.0:.2f}× ✗",
+                           f"{rate:.0f} ({100 * rate / 400:.0f} %)", "2.4"], tcells
+    # XNNPACK's fully-connected rates: one row per shape; a failed one is not a model cell.
+    assert "| stage 3 MLP fc1 | 196×320×1280 | 400 |" in text
+    assert "| stage 4 MLP fc1 | 49×512×2048 | 350 |" in text
+    assert "fc boom" not in text
+    # The TFLite target says what 0.8x of litert-torch's 9.0 ms would take.
+    need = 2e3 * 1.5 / (0.8 * 9.0)
+    assert (f"  - alpha_s, 1T: {8.8 / 9.0:.2f}×; 0.8× would be {0.8 * 9.0:.1f} ms = "
+            f"{need:.0f} GFLOP/s = {100 * need / 400:.0f} % of XNNPACK's best "
+            f"fully-connected rate at 1T (400); ours runs at {100 * rate / 400:.0f} %") in text
     # Dynamic-range files: ours vs litert-torch's quantised file, and the gain over fp32.
     assert "## TFLite dynamic-range int8" in text
     dyn = next(x for x in text.splitlines() if x.startswith("| alpha_s | 2.2"))
@@ -250,7 +272,7 @@ def test_make_table_from_synthetic_csv(tmp_path, suite_modules):
     beta = next(x for x in text.splitlines() if x.startswith("| beta_t | 456.7"))
     assert beta.count("—") >= 5  # no timm counterpart, no other backend
     # XLA:CPU vs MKL on the models' shapes: rows in stage order, ratio, median per batch.
-    gemm = [x for x in text.splitlines() if x.startswith("| stage ")]
+    gemm = [x for x in text.splitlines() if x.startswith("| stage ") and x.count("|") == 7]
     assert gemm == ["| stage 3 MLP fc1 | 1 | 196×320×1280 | 270 | 300 | 0.90 |",
                     "| stage 4 MLP fc1 | 1 | 49×512×2048 | 120 | 240 | 0.50 |"]
     assert "Median XLA ÷ MKL: batch 1 0.70." in text
@@ -278,6 +300,35 @@ def test_suite_gemm_stage(tmp_path, suite_modules, monkeypatch):
     assert "XLA:CPU" in rows[0]["note"] and "MKL" in rows[1]["note"]
     with pytest.raises(ValueError, match="lib must be"):
         suite.gemm_rate(4, 4, 4, "numpy")
+
+
+def test_suite_tflite_gemm_stage(tmp_path, suite_modules, monkeypatch):
+    """XNNPACK's fully-connected rate: a one-op file per shape, one row per thread count,
+    GFLOP/s from the timed calls (the quartiles swap sides: the fastest call is the
+    highest rate)."""
+    import keras
+
+    if keras.config.backend() != "tensorflow":
+        pytest.skip("the TFLite stage runs on the TensorFlow backend")
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    suite, _ = suite_modules
+    monkeypatch.setattr(suite, "GEMM_SHAPES", (("tiny fc", 16, 32, 64),))
+    out = str(tmp_path / "rows.jsonl")
+    args = types.SimpleNamespace(tflite_threads=[1, 2], repeats=1, warmup=0)
+    suite.stage_tflite_gemm(args, out, str(tmp_path))
+    with open(out) as f:
+        rows = [suite.json.loads(line) for line in f]
+    assert [(r["measurement"], r["impl"], r["mode"], r["threads"]) for r in rows] == [
+        ("tflite_gemm", "xnnpack", "16x32x64", 1), ("tflite_gemm", "xnnpack", "16x32x64", 2)]
+    for r in rows:
+        assert _positive(r["value"]) and r["p25"] <= r["value"] <= r["p75"]
+        assert r["unit"] == "GFLOP/s" and r["note"].startswith("tiny fc; ")
+    interpreter = Interpreter(
+        model_path=str(tmp_path / "fc_16x32x64.tflite"),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    assert [d["op_name"] for d in interpreter._get_ops_details()] == ["FULLY_CONNECTED"]
 
 
 def test_suite_csv_writer_and_sgemm(tmp_path, suite_modules):
