@@ -444,8 +444,9 @@ def _fc_table(res):
               "ai-edge-litert with XNNPACK, batch 1, in the same run as the model files: the "
               "rate a TFLite file's products get, whoever wrote the file. The table's "
               "\"% of FC peak\" is a file's GFLOP/s (2 × GMACs per call) over the best of "
-              "these rates at that thread count; a file near 100 % runs its model's FLOPs "
-              "about as fast as this runtime multiplies matrices."]
+              "these rates at that thread count, measured in the same run as the file's "
+              "latency (this table shows the latest run's); a file near 100 % runs its "
+              "model's FLOPs about as fast as this runtime multiplies matrices."]
     return lines
 
 
@@ -549,7 +550,12 @@ def markdown(rows, sources):
                   "file has, its accuracy is not measured here). litert-torch: "
                   "timm's model (fixed batch 1) "
                   "converted by `litert_torch.convert` (zero-initialised tensors re-drawn "
-                  "first, so no branch is folded away)."]
+                  "first, so no branch is folded away)."
+                  + (" Each model's files (ours and litert-torch's, per mode) were timed "
+                     "interleaved in one process, one call of each in turn, so a slow "
+                     "spell of the machine falls on both sides alike."
+                     if any("interleaved" in (r.get("note") or "") for r in res.rows
+                            if r["measurement"] == "tflite_latency") else "")]
         fc = _fc_table(res)
         if fc:
             lines += ["", "## XNNPACK fully-connected rate on the models' shapes", ""] + fc

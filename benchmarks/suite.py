@@ -35,20 +35,26 @@ another so that nothing competes for the cores, a child process per stage:
    ``visionzoo.export.to_tflite`` of each model with a
    fixed batch of 1 (``batch_size=1``, as litert-torch's files have) in fp32
    (parity-checked), fp16, dynamic (int8 weights, float activations) and int8
-   (calibrated on a few random images: for the size only); file sizes, and the fp32,
-   dynamic and int8 files' ``Interpreter.invoke`` latency in ai-edge-litert (XNNPACK) at
-   batch 1 with 1 and 2 threads.
-5. ``litert``: timm's model converted with ``litert_torch.convert`` (litert-torch) and
-   timed the same way, when litert-torch imports; otherwise rows say "unavailable" and
-   why. That file is also quantised by ai-edge-quantizer's ``dynamic_wi8_afp32`` recipe
-   and timed (mode ``dynamic``), the counterpart of our dynamic files. timm's
+   (calibrated on a few random images: for the size only); file sizes. The fp32,
+   dynamic and int8 files are kept for stage 6.
+5. ``litert``: timm's model converted with ``litert_torch.convert`` (litert-torch),
+   when litert-torch imports; otherwise rows say "unavailable" and why. That file is
+   also quantised by ai-edge-quantizer's ``dynamic_wi8_afp32`` recipe (mode
+   ``dynamic``), the counterpart of our dynamic files; both are kept for stage 6. timm's
    zero-initialised tensors are re-drawn first (the converter folds constant weights, which would delete whole residual branches). litert-torch 0.10
    would downgrade typing_extensions/anyio in the main environment, so it may be kept
    apart: ``pip install --target DIR --no-deps litert-torch litert-converter
    ai-edge-quantizer torchao jaxtyping wadler_lindig immutabledict multipledispatch
    ordered-set xdsl lark tabulate fire`` and ``--litert-path DIR`` (or
    ``$LITERT_TORCH_PATH``) puts DIR on this child's ``PYTHONPATH`` only.
-6. ``sgemm`` again at the end (the machine's load may have changed).
+6. ``tflite_time``: ``Interpreter.invoke`` latency in ai-edge-litert (XNNPACK) at batch
+   1 with 1 and 2 threads of every kept file, in a child that loads neither TensorFlow
+   nor torch. Per model and mode, our file and litert-torch's are timed interleaved (one
+   call of each in turn, at least :data:`TFLITE_REPEATS` each): on this 2-core VM one
+   file timed alone after the other moved by up to ~35 % between spells (convit_tiny's
+   fp32 file at 1 thread: 36.9 ms in the run of 2026-12-07, 27.0 ms timed again
+   minutes later), which decides a 0.8x target either way.
+7. ``sgemm`` again at the end (the machine's load may have changed).
 
 Every timing is the median (with p25/p75) of ``--repeats`` timed calls after the first
 call and ``--warmup`` untimed ones. Every row records the 1-minute load average when
@@ -452,7 +458,7 @@ def stage_tflite_gemm(args, out, tmp):
 def stage_tflite(args, out):
     """XNNPACK's fully-connected rate on the models' product shapes, then our TFLite
     exports: sizes (fp32/fp16/dynamic/int8) and fp32, dynamic and int8 latency (1, 2
-    threads)."""
+    threads; deferred to :func:`stage_tflite_time` when the run keeps its files)."""
     from visionzoo.export import example_inputs, to_tflite
     from visionzoo.registry import create_model, get_variant
 
@@ -502,6 +508,18 @@ def stage_tflite(args, out):
 
 
 def _latency_rows(out, path, args, common, mode):
+    """Latency rows of the file at ``path``: timed now, or, when the run keeps its files
+    (``args.files``, set by the parent), copied there and listed for
+    :func:`stage_tflite_time`, which times every file of a model side by side."""
+    files = getattr(args, "files", None)
+    if files:
+        import shutil
+
+        kept = os.path.join(files, f"{common['model']}__{common['impl']}__{mode}.tflite")
+        shutil.copyfile(path, kept)
+        with open(os.path.join(files, PENDING), "a") as f:
+            f.write(json.dumps({"path": kept, "mode": mode, "common": common}) + "\n")
+        return
     for threads in args.tflite_threads:
         row = make_row(measurement="tflite_latency", mode=mode, threads=threads,
                        repeats=args.repeats, unit="ms", note="XNNPACK (ai-edge-litert)",
@@ -511,6 +529,79 @@ def _latency_rows(out, path, args, common, mode):
         except Exception as e:  # noqa: BLE001
             row.update(note=f"failed: {e!r}"[:300])
         _append_jsonl(out, row)
+
+
+PENDING = "pending.jsonl"  # files waiting for stage_tflite_time, in args.files
+
+
+def time_interleaved(paths, threads, repeats, warmup):
+    """``{path: {"value", "p25", "p75", "first_call_s"}}`` (ms) of ``Interpreter.invoke``
+    (ai-edge-litert, XNNPACK) for several files, one call of each in turn per repeat, so
+    that a slow spell of the machine falls on every file alike."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    rng = np.random.default_rng(0)
+    interpreters, first = {}, {}
+    for path in paths:
+        it = Interpreter(model_path=path, num_threads=threads)
+        it.allocate_tensors()
+        for d in it.get_input_details():
+            it.set_tensor(d["index"], rng.standard_normal(tuple(d["shape"])).astype(
+                d["dtype"]))
+        start = time.perf_counter()
+        it.invoke()
+        first[path] = time.perf_counter() - start
+        interpreters[path] = it
+    for _ in range(warmup):
+        for it in interpreters.values():
+            it.invoke()
+    times = {path: [] for path in paths}
+    for _ in range(repeats):
+        for path, it in interpreters.items():
+            start = time.perf_counter()
+            it.invoke()
+            times[path].append(1000.0 * (time.perf_counter() - start))
+    out = {}
+    for path, ms in times.items():
+        ms = sorted(ms)
+        out[path] = {"value": bench._percentile(ms, 50), "p25": bench._percentile(ms, 25),
+                     "p75": bench._percentile(ms, 75), "first_call_s": first[path]}
+    return out
+
+
+def stage_tflite_time(args, out):
+    """Latency of every TFLite file the run kept (ours and litert-torch's): per model and
+    mode, the files are timed interleaved at each thread count, in a process that has
+    loaded neither TensorFlow nor torch."""
+    pending = os.path.join(args.files, PENDING)
+    if not os.path.exists(pending):
+        return
+    groups = {}
+    with open(pending) as f:
+        for line in f:
+            item = json.loads(line)
+            groups.setdefault((item["common"]["model"], item["mode"]), []).append(item)
+    repeats = max(args.repeats, TFLITE_REPEATS)
+    for (model, mode), items in groups.items():
+        impls = " and ".join(i["common"]["impl"] for i in items)
+        for threads in args.tflite_threads:
+            _log(f"{model}: TFLite {mode} latency at {threads}T ({impls} interleaved)")
+            rows = [make_row(measurement="tflite_latency", mode=mode, threads=threads,
+                             repeats=repeats, unit="ms", **i["common"],
+                             note="XNNPACK (ai-edge-litert)"
+                             + (f"; interleaved with {impls}" if len(items) > 1 else ""))
+                    for i in items]
+            try:
+                stats = time_interleaved([i["path"] for i in items], threads, repeats,
+                                         args.warmup)
+                for row, item in zip(rows, items):
+                    row.update(stats[item["path"]])
+            except Exception as e:  # noqa: BLE001
+                for row in rows:
+                    row.update(note=f"failed: {e!r}"[:300])
+            for row in rows:
+                _append_jsonl(out, row)
 
 
 def redraw_degenerate_params(model, seed=0):
@@ -618,7 +709,8 @@ def _litert_dynamic(out, path, args, common):
 
 
 STAGES = {"sgemm": stage_sgemm, "gemm": stage_gemm, "info": stage_info, "ours": stage_ours,
-          "tflite": stage_tflite, "litert": stage_litert}
+          "tflite": stage_tflite, "litert": stage_litert, "tflite_time": stage_tflite_time}
+TFLITE_REPEATS = 15  # interleaved TFLite calls per file and thread count, at least
 
 
 # --------------------------------------------------------------------------------------
@@ -638,6 +730,7 @@ def run_stage(stage, args, env_extra=None, timeout=None, extra=()):
                "--batches", *map(str, args.batches), "--repeats", str(args.repeats),
                "--warmup", str(args.warmup), "--sgemm-n", str(args.sgemm_n),
                "--tflite-threads", *map(str, args.tflite_threads), *extra,
+               *(("--files", args.files) if getattr(args, "files", None) else ()),
                "--models", *args.models]
         env = dict(os.environ, **(env_extra or {}))
         try:
@@ -789,17 +882,24 @@ def run_suite(args):
                                    extra=("--jit-compile",))[0])
         if args.timm:
             keep(_timm_rows(args, info))
-        if args.tflite:
-            _log("TFLite exports (TensorFlow backend)")
-            keep(run_stage("tflite", args, {"KERAS_BACKEND": "tensorflow"},
-                           timeout=args.stage_timeout)[0])
-        if args.litert:
-            _log("litert-torch conversions of the timm models")
-            env = {"KERAS_BACKEND": "torch"}  # the registry must not load TensorFlow
-            if args.litert_path:
-                env["PYTHONPATH"] = os.pathsep.join(
-                    p for p in (args.litert_path, os.environ.get("PYTHONPATH")) if p)
-            keep(run_stage("litert", args, env, timeout=args.stage_timeout)[0])
+        with tempfile.TemporaryDirectory() as files:
+            # TFLite files are made by the next two stages and timed by the third, side
+            # by side per model.
+            tfl_args = argparse.Namespace(**{**vars(args), "files": files})
+            if args.tflite:
+                _log("TFLite exports (TensorFlow backend)")
+                keep(run_stage("tflite", tfl_args, {"KERAS_BACKEND": "tensorflow"},
+                               timeout=args.stage_timeout)[0])
+            if args.litert:
+                _log("litert-torch conversions of the timm models")
+                env = {"KERAS_BACKEND": "torch"}  # the registry must not load TensorFlow
+                if args.litert_path:
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        p for p in (args.litert_path, os.environ.get("PYTHONPATH")) if p)
+                keep(run_stage("litert", tfl_args, env, timeout=args.stage_timeout)[0])
+            if args.tflite or args.litert:
+                _log("TFLite latency, each model's files interleaved")
+                keep(run_stage("tflite_time", tfl_args, timeout=args.stage_timeout)[0])
         keep(run_stage("sgemm", args, extra=("--note", "end of run"))[0])
     finally:
         # Fractions against the best rate the machine showed in this run (start or end).
@@ -857,6 +957,8 @@ def _stage_main(argv):
     p.add_argument("--tflite-threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--note", default=None)
     p.add_argument("--jit-compile", action="store_true")
+    p.add_argument("--files", default=None,
+                   help="keep TFLite files here for the tflite_time stage")
     args = p.parse_args(argv)
     STAGES[args.stage](args, args.out)
     return 0

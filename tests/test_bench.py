@@ -331,6 +331,52 @@ def test_suite_tflite_gemm_stage(tmp_path, suite_modules, monkeypatch):
     assert [d["op_name"] for d in interpreter._get_ops_details()] == ["FULLY_CONNECTED"]
 
 
+def test_suite_tflite_files_timed_side_by_side(tmp_path, suite_modules):
+    """With the run's file folder set, a latency request keeps a copy of the file and
+    lists it; the tflite_time stage then times each model's files interleaved, one row
+    per file and thread count (a model with one file gets no "interleaved" note)."""
+    import json
+
+    import keras
+
+    if keras.config.backend() != "tensorflow":
+        pytest.skip("making the TFLite files needs the TensorFlow backend")
+    suite, _ = suite_modules
+    files, work = tmp_path / "files", tmp_path / "work"
+    files.mkdir()
+    work.mkdir()
+    args = types.SimpleNamespace(tflite_threads=[1, 2], repeats=3, warmup=0,
+                                 files=str(files))
+    out = str(tmp_path / "rows.jsonl")
+    for model, impl, shape in (("m", "visionzoo", (8, 16, 32)),
+                               ("m", "litert-torch", (8, 16, 48)),
+                               ("solo", "visionzoo", (4, 8, 8))):
+        path = suite.tflite_fc_file(*shape, str(work / f"{model}_{impl}.tflite"))
+        common = dict(model=model, timm_model=None, impl=impl, size=8, batch=1)
+        suite._latency_rows(out, path, args, common, "fp32")
+    assert not os.path.exists(out)  # nothing timed yet
+    kept = sorted(p.name for p in files.glob("*.tflite"))
+    assert kept == ["m__litert-torch__fp32.tflite", "m__visionzoo__fp32.tflite",
+                    "solo__visionzoo__fp32.tflite"]
+    suite.stage_tflite_time(args, out)
+    with open(out) as f:
+        rows = [json.loads(line) for line in f]
+    assert [(r["model"], r["impl"], r["threads"]) for r in rows] == [
+        ("m", "visionzoo", 1), ("m", "litert-torch", 1),
+        ("m", "visionzoo", 2), ("m", "litert-torch", 2),
+        ("solo", "visionzoo", 1), ("solo", "visionzoo", 2)]
+    for r in rows:
+        assert r["measurement"] == "tflite_latency" and r["mode"] == "fp32"
+        assert r["unit"] == "ms" and r["repeats"] == suite.TFLITE_REPEATS
+        assert _positive(r["value"]) and r["p25"] <= r["value"] <= r["p75"]
+        assert ("interleaved with visionzoo and litert-torch" in r["note"]) == (
+            r["model"] == "m")
+    # The helper on its own: one entry per file, each timed.
+    stats = suite.time_interleaved([str(files / k) for k in kept], 1, 2, 0)
+    assert sorted(stats) == sorted(str(files / k) for k in kept)
+    assert all(_positive(v["value"]) and v["first_call_s"] > 0 for v in stats.values())
+
+
 def test_suite_csv_writer_and_sgemm(tmp_path, suite_modules):
     suite, _ = suite_modules
     rate = suite.sgemm(n=64, repeats=1, warmup=0)
