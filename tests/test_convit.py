@@ -1,12 +1,12 @@
 """ConViT: GPSA layer, live timm parity, parameter counts, fixed size, TFLite."""
 
+import keras
 import numpy as np
 import pytest
 
-
 import visionzoo
 from visionzoo.backbones import convit
-from visionzoo.layers.gpsa import relative_patch_features
+from visionzoo.layers.gpsa import GatedPositionalSelfAttention, relative_patch_features
 from visionzoo.registry import get_variant, list_models
 from visionzoo.weights.verify import verify
 
@@ -64,6 +64,35 @@ def _mini(**kw):
                          img_size=64, **kw)
 
 
+def test_gpsa_tflite_form_equals_the_layer():
+    """Inside ``tflite_tracing(model)`` GPSA runs its TFLite form (precomputed gated
+    positional map, scale folded onto the queries): the same values on every backend,
+    with weights re-drawn so that no gate sits at its initial value."""
+    from visionzoo.layers.lowering import tflite_tracing, traced_constants
+
+    model = _mini(num_classes=4)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.5
+                       for w in model.get_weights()])
+    x = rng.standard_normal((2, 64, 64, 3)).astype("float32")
+    gpsa = [layer for layer in model._flatten_layers()
+            if isinstance(layer, GatedPositionalSelfAttention)]
+    assert len(gpsa) == 2
+    plain = keras.ops.convert_to_numpy(model(x, training=False))
+    with tflite_tracing(model):
+        assert all(traced_constants(layer) is not None for layer in gpsa)
+        traced = keras.ops.convert_to_numpy(model(x, training=False))
+    assert traced_constants(gpsa[0]) is None
+    np.testing.assert_allclose(traced, plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())
+    constants = gpsa[0].tflite_constants()
+    gate = 1.0 / (1.0 + np.exp(-keras.ops.convert_to_numpy(gpsa[0].gating_param)))
+    np.testing.assert_allclose(constants["patch_gate"].ravel(), 1.0 - gate, rtol=1e-6)
+    # Each head's positional map sums to its gate over the keys.
+    np.testing.assert_allclose(constants["positional"].sum(-1),
+                               np.broadcast_to(gate[None, :, None], (1, 2, 16)),
+                               rtol=1e-5)
+
+
 def test_class_token_enters_before_first_mhsa_block():
     model = _mini(num_classes=4)
     names = [layer.name for layer in model.layers]
@@ -98,3 +127,18 @@ def test_tflite_export(tmp_path):
     assert_builtin_only(report, path)
     # The class-token slice keeps its axis: XNNPACK runs the whole batch-1 file.
     assert xnnpack_outside(path) == (1, []), xnnpack_outside(path)
+    # One SOFTMAX per block (12: the attention scores); the gated positional maps of the
+    # 10 GPSA blocks are constants in the file, not 10 more SOFTMAX ops per inference.
+    assert _op_counts(path)["SOFTMAX"] == 12
+
+
+def _op_counts(path):
+    import collections
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    return collections.Counter(d["op_name"] for d in interpreter._get_ops_details())

@@ -788,7 +788,7 @@ def _convert_tf(model, specs, quantize, representative, batch=None):
         archive.track(model)
         # Layers trace their XNNPACK-friendly forms (visionzoo.layers.lowering); the
         # check below compares the file with the model's ordinary forms.
-        with tflite_tracing():
+        with tflite_tracing(model):
             archive.add_endpoint(
                 "serving_default", serve,
                 input_signature=[keras.InputSpec(shape=(batch,) + tuple(s["shape"]),

@@ -15,6 +15,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from visionzoo.layers.lowering import traced_constants
+
 
 def relative_patch_features(side):
     """``(N, N, 3)`` float32 ``(dx, dy, dx^2 + dy^2)`` for a ``side x side`` grid, key
@@ -77,6 +79,9 @@ class GatedPositionalSelfAttention(keras.layers.Layer):
 
     def call(self, x, training=None):
         n, dim, heads = self.num_tokens, self.dim, self.num_heads
+        constants = traced_constants(self)
+        if constants is not None:
+            return self._call_tflite(x, constants)
         qk = self.qk(x)
         q, k = self._heads(qk[..., :dim]), self._heads(qk[..., dim:])
         v = self._heads(self.v(x))
@@ -92,6 +97,35 @@ class GatedPositionalSelfAttention(keras.layers.Layer):
         attn = self.attn_drop(attn, training=training)
         out = ops.reshape(ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3)), (-1, n, dim))
         return self.proj_drop(self.proj(out), training=training)
+
+    def tflite_constants(self):
+        """Weights-only parts of the mix for the TFLite form (see
+        :mod:`visionzoo.layers.lowering`): ``1 - g`` and ``g * softmax(pos)`` with
+        ``g = sigmoid(gating_param)``, float32."""
+        gate = ops.reshape(ops.sigmoid(ops.cast(self.gating_param, "float32")),
+                           (1, self.num_heads, 1, 1))
+        pos = ops.softmax(ops.cast(self._position_scores(), "float32"), axis=-1)
+        return {"patch_gate": ops.convert_to_numpy(1.0 - gate),
+                "positional": ops.convert_to_numpy(gate * pos)}
+
+    def _call_tflite(self, x, constants):
+        """The TFLite form: the gated positional map is a constant computed before the
+        trace (the converter evaluates no SOFTMAX: each block's would run at inference),
+        and the ``head_dim ** -0.5`` scale multiplies the query columns of ``qk``'s
+        output, which the converter folds into its weights (instead of a pass over the
+        ``(heads, N, N)`` scores). Same function up to float32 rounding."""
+        n, dim = self.num_tokens, self.dim
+        columns = np.concatenate([np.full(dim, self.head_dim ** -0.5, "float32"),
+                                  np.ones(dim, "float32")])
+        qk = self.qk(x) * ops.convert_to_tensor(columns, dtype=self.compute_dtype)
+        q, k = self._heads(qk[..., :dim]), self._heads(qk[..., dim:])
+        v = self._heads(self.v(x))
+        patch = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), axis=-1)
+        dtype = patch.dtype
+        attn = (ops.convert_to_tensor(constants["patch_gate"], dtype=dtype) * patch
+                + ops.convert_to_tensor(constants["positional"], dtype=dtype))
+        out = ops.reshape(ops.transpose(ops.matmul(attn, v), (0, 2, 1, 3)), (-1, n, dim))
+        return self.proj(out)
 
     def _position_scores(self):
         """``pos_proj`` applied to the relative features: ``(1, heads, N, N)``."""
